@@ -1,0 +1,6 @@
+"""fpn_lab: IceVision-style object detection notebooks on MMDetection FPN detectors and fastai.
+
+Importing the package is cheap: mmdet, mmengine and torch-heavy modules load only when used.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Core data types: records and class maps."""

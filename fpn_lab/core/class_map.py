@@ -1,0 +1,85 @@
+"""Class maps: an exact, case-sensitive mapping between class names and 0-based indices."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from fpn_lab.errors import DataError
+
+
+def normalize_name(name: str) -> str:
+    """The one rule applied to every class name read from annotations: strip outer whitespace.
+
+    Case and inner spaces are kept, so ``'Traffic Light'`` and ``'traffic_light'`` stay different
+    from ``'traffic light'``; see :meth:`ClassMap.index` for how near matches are reported.
+    """
+    return str(name).strip()
+
+
+def _fold(name: str) -> str:
+    return "".join(ch for ch in name.casefold() if ch.isalnum())
+
+
+class ClassMap:
+    """Ordered class names; index ``i`` is the label the model predicts (no background class).
+
+    Args:
+        names: class names in label order. Duplicates (after stripping outer whitespace) are an
+            error; names that differ only by case, spaces or punctuation are an error too, since
+            they almost always mean the same class written two ways.
+    """
+
+    def __init__(self, names: Sequence[str]):
+        names = [normalize_name(n) for n in names]
+        for i, name in enumerate(names):
+            if not name:
+                raise DataError(f"class name #{i} is empty; every class needs a non-empty name.")
+            for j in range(i):
+                if names[j] == name:
+                    raise DataError(f"class name {name!r} appears twice (positions {j} and {i}) in {names}.")
+                if _fold(names[j]) == _fold(name):
+                    raise DataError(
+                        f"class names {names[j]!r} and {name!r} differ only by case, spaces or punctuation; "
+                        "merge them with an explicit `label_mapping={...}` or rename one in the annotations.")
+        self._names = list(names)
+        self._index = {n: i for i, n in enumerate(self._names)}
+
+    @classmethod
+    def from_labels(cls, labels: Iterable[str], label_mapping: Mapping[str, str] | None = None) -> ClassMap:
+        """Build a class map from the labels seen in a dataset, sorted by name for determinism."""
+        mapping = {normalize_name(k): normalize_name(v) for k, v in (label_mapping or {}).items()}
+        seen = sorted({mapping.get(normalize_name(x), normalize_name(x)) for x in labels})
+        return cls(seen)
+
+    def index(self, name: str, *, where: str = "") -> int:
+        """0-based index of ``name`` (outer whitespace stripped, case-sensitive).
+
+        Raises:
+            DataError: the name is unknown; the message lists the nearest known classes.
+        """
+        key = normalize_name(name)
+        if key in self._index:
+            return self._index[key]
+        near = [n for n in self._names if _fold(n) == _fold(key)]
+        hint = (f" It differs from {near[0]!r} only by case, spaces or punctuation: fix the annotation "
+                f"or pass label_mapping={{{key!r}: {near[0]!r}}}." if near else "")
+        raise DataError(f"{where + ': ' if where else ''}unknown class {name!r}; the class map is {self._names}.{hint}")
+
+    def name(self, index: int) -> str:
+        return self._names[index]
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ClassMap) and self._names == other._names
+
+    def __repr__(self) -> str:
+        return f"ClassMap({self._names})"

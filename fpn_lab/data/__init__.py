@@ -1,0 +1,1 @@
+"""Datasets: image decoding, annotation parsers, splitters, transforms and data loaders."""

@@ -1,0 +1,381 @@
+"""Annotation parsers: Pascal VOC folders and COCO JSON files to :class:`~fpn_lab.core.records.Record` lists.
+
+Both parsers apply the same box rules (:func:`sanitize_boxes`) and produce a :class:`ParseReport`
+that counts what was kept, clipped and dropped, and why. Boxes are never silently swapped or
+invented; every dropped or clipped box is logged with its file, object and coordinates.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import xml.etree.ElementTree as ET
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from fpn_lab.core.class_map import ClassMap, normalize_name
+from fpn_lab.core.records import Record
+from fpn_lab.data.images import image_size
+from fpn_lab.errors import DataError
+
+log = logging.getLogger("fpn_lab.data")
+
+#: Individually logged problems per parse; the rest are counted in the report only.
+MAX_LOGGED = 50
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@dataclass
+class ParseReport:
+    """What a parser kept and dropped.
+
+    Attributes:
+        images: records returned (including negatives).
+        negatives: records with no box (kept: they train as background).
+        boxes: boxes kept.
+        clipped: boxes partly outside the image, clipped to it.
+        dropped: count per reason (``zero-area``, ``inverted``, ``outside``, ``non-finite``,
+            ``no-box``).
+        skipped_images: images skipped with ``strict=False`` (missing or unreadable).
+        size_fixed: VOC files whose ``<size>`` was missing or wrong (the real size is used).
+        events: one human-readable line per dropped/clipped box or skipped image.
+    """
+
+    images: int = 0
+    negatives: int = 0
+    boxes: int = 0
+    clipped: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    skipped_images: int = 0
+    size_fixed: int = 0
+    crowd: int = 0
+    difficult: int = 0
+    events: list[str] = field(default_factory=list)
+
+    def note(self, message: str) -> None:
+        if len(self.events) < MAX_LOGGED:
+            log.warning(message)
+        elif len(self.events) == MAX_LOGGED:
+            log.warning("more parse problems follow; see ParseReport.events for all of them")
+        self.events.append(message)
+
+    @property
+    def dropped_boxes(self) -> int:
+        return sum(self.dropped.values())
+
+    def as_dict(self) -> dict:
+        return {"images": self.images, "negatives": self.negatives, "boxes": self.boxes,
+                "clipped": self.clipped, "dropped": dict(self.dropped), "dropped_total": self.dropped_boxes,
+                "skipped_images": self.skipped_images, "size_fixed": self.size_fixed,
+                "crowd": self.crowd, "difficult": self.difficult}
+
+    def __str__(self) -> str:
+        drops = ", ".join(f"{k}: {v}" for k, v in sorted(self.dropped.items())) or "none"
+        return (f"parsed {self.images} images ({self.negatives} without boxes), {self.boxes} boxes kept, "
+                f"{self.clipped} clipped, dropped {self.dropped_boxes} ({drops}), "
+                f"{self.skipped_images} images skipped, {self.size_fixed} sizes fixed")
+
+
+def sanitize_box(box: Sequence[float], height: int, width: int) -> tuple[np.ndarray | None, str]:
+    """Check one xyxy box against an image of ``height`` x ``width`` pixels.
+
+    Returns ``(box, status)`` where status is ``"ok"``, ``"clipped"`` (partly outside, clipped to
+    the image) or a drop reason with ``box=None``: ``"non-finite"``, ``"inverted"`` (x2 < x1 or
+    y2 < y1; never swapped), ``"zero-area"`` (x2 == x1 or y2 == y1) or ``"outside"`` (no overlap
+    with the image).
+    """
+    b = np.asarray(box, dtype=np.float64)
+    if not np.all(np.isfinite(b)):
+        return None, "non-finite"
+    x1, y1, x2, y2 = b
+    if x2 < x1 or y2 < y1:
+        return None, "inverted"
+    if x2 == x1 or y2 == y1:
+        return None, "zero-area"
+    if x1 >= width or y1 >= height or x2 <= 0 or y2 <= 0:
+        return None, "outside"
+    clipped = np.array([max(x1, 0.0), max(y1, 0.0), min(x2, width), min(y2, height)])
+    status = "clipped" if not np.array_equal(clipped, b) else "ok"
+    return clipped.astype(np.float32), status
+
+
+class _Parser:
+    """Shared logic: box rules, the report, class-map handling and splitting."""
+
+    def __init__(self, images_dir: str | Path, *, class_map: ClassMap | Sequence[str] | None = None,
+                 label_mapping: Mapping[str, str] | None = None, strict: bool = True):
+        self.images_dir = Path(images_dir)
+        if not self.images_dir.is_dir():
+            raise DataError(f"images directory not found: {self.images_dir}. Pass the folder that holds the images.")
+        self.class_map = class_map if isinstance(class_map, ClassMap) or class_map is None else ClassMap(class_map)
+        self.label_mapping = {normalize_name(k): normalize_name(v) for k, v in (label_mapping or {}).items()}
+        self.strict = strict
+        self.report = ParseReport()
+
+    def _label(self, name: str) -> str:
+        name = normalize_name(name)
+        return self.label_mapping.get(name, name)
+
+    def _keep_box(self, box, height, width, where: str) -> np.ndarray | None:
+        kept, status = sanitize_box(box, height, width)
+        if kept is None:
+            self.report.dropped[status] += 1
+            self.report.note(f"{where}: dropped {status} box {[float(v) for v in box]} (image {width}x{height})")
+        elif status == "clipped":
+            self.report.clipped += 1
+            self.report.note(f"{where}: clipped box {[float(v) for v in box]} to {kept.tolist()} (image {width}x{height})")
+        return kept
+
+    def _image_size(self, path: Path, where: str) -> tuple[int, int] | None:
+        try:
+            return image_size(path)
+        except DataError as e:
+            if self.strict:
+                raise DataError(f"{where}: {e} (pass strict=False to skip such images and count them)") from None
+            self.report.skipped_images += 1
+            self.report.note(f"{where}: skipped image: {e}")
+            return None
+
+    def _finish(self, records: list[Record]) -> list[Record]:
+        rep = self.report
+        rep.images = len(records)
+        rep.negatives = sum(r.num_boxes == 0 for r in records)
+        rep.boxes = sum(r.num_boxes for r in records)
+        rep.crowd = int(sum(r.iscrowd.sum() for r in records))
+        rep.difficult = int(sum(r.difficult.sum() for r in records))
+        if not records:
+            raise DataError(f"no usable image in {self.images_dir}: {rep}. Check the annotation and image paths.")
+        log.info("%s", rep)
+        return records
+
+    def parse(self, splitter=None):
+        """Parse the annotations.
+
+        Returns:
+            ``list[Record]``, or with a ``splitter`` one list per split (IceVision's shape:
+            ``train_records, valid_records = parser.parse(splitter)``).
+
+        Raises:
+            DataError: unreadable annotations, an unknown or ambiguous class name, a missing image
+                (with ``strict=True``), or no usable image at all.
+        """
+        records = self._finish(self._parse())
+        return records if splitter is None else splitter.split(records)
+
+    def _parse(self) -> list[Record]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class VOCBBoxParser(_Parser):
+    """Pascal VOC: one XML file per image in ``annotations_dir``, images in ``images_dir``.
+
+    * Coordinates are read as floats (``10.5`` and ``5.70000076293945`` are kept as given); no
+      rounding and no VOC 1-based shift is applied: boxes are used exactly as written.
+    * ``<size>`` is checked against the real (EXIF-upright) image size; a missing or wrong size is
+      replaced by the real one and counted in ``report.size_fixed``.
+    * ``difficult``, ``truncated`` and ``pose`` are optional. ``difficult=1`` objects are kept
+      and marked (:attr:`Record.difficult`); COCO evaluation ignores them like crowd regions.
+    * Class names: outer whitespace stripped, case kept (see :class:`ClassMap`).
+
+    Args:
+        annotations_dir: folder of ``*.xml`` files.
+        images_dir: folder of the images named by ``<filename>`` (or the XML's stem).
+        class_map: fixed class names in label order; default: all names seen, sorted.
+        label_mapping: explicit renames applied before the class map (``{"Traffic Light": "traffic light"}``).
+        strict: a missing or unreadable image is an error (True) or skipped and counted (False).
+    """
+
+    def __init__(self, annotations_dir: str | Path, images_dir: str | Path, **kwargs):
+        super().__init__(images_dir, **kwargs)
+        self.annotations_dir = Path(annotations_dir)
+        if not self.annotations_dir.is_dir():
+            raise DataError(f"annotations directory not found: {self.annotations_dir}. Pass the folder of VOC *.xml files.")
+        self.xml_files = sorted(self.annotations_dir.glob("*.xml"))
+        if not self.xml_files:
+            raise DataError(f"no *.xml file in {self.annotations_dir}; expected one Pascal VOC XML file per image.")
+
+    def _image_path(self, root: ET.Element, xml_path: Path) -> Path:
+        name = (root.findtext("filename") or "").strip()
+        if name:
+            return self.images_dir / Path(name).name
+        for ext in IMAGE_EXTENSIONS:
+            candidate = self.images_dir / (xml_path.stem + ext)
+            if candidate.exists():
+                return candidate
+        return self.images_dir / (xml_path.stem + ".jpg")
+
+    def _read(self, xml_path: Path) -> tuple[ET.Element, list[dict]]:
+        try:
+            root = ET.parse(xml_path).getroot()
+        except ET.ParseError as e:
+            raise DataError(f"{xml_path}: not well-formed XML ({e}); fix or remove the file.") from None
+        objects = []
+        for k, obj in enumerate(root.iter("object"), start=1):
+            name = obj.findtext("name")
+            bb = obj.find("bndbox")
+            where = f"{xml_path.name} object {k}"
+            if name is None or not name.strip():
+                raise DataError(f"{where}: <object> has no <name>; every object needs a class name.")
+            if bb is None:
+                self.report.dropped["no-box"] += 1
+                self.report.note(f"{where} ({name.strip()!r}): dropped, no <bndbox>")
+                continue
+            coords = []
+            for tag in ("xmin", "ymin", "xmax", "ymax"):
+                text = bb.findtext(tag)
+                try:
+                    coords.append(float(text))
+                except (TypeError, ValueError):
+                    raise DataError(f"{where}: <{tag}> is {text!r}, expected a number.") from None
+            difficult = (obj.findtext("difficult") or "0").strip() in ("1", "true", "True")
+            objects.append({"name": self._label(name), "box": coords, "difficult": difficult, "where": where})
+        return root, objects
+
+    def _parse(self) -> list[Record]:
+        parsed = []
+        for xml_path in tqdm(self.xml_files, desc="parsing VOC", delay=1.0, disable=None):
+            root, objects = self._read(xml_path)
+            parsed.append((xml_path, root, objects))
+        if self.class_map is None:
+            self.class_map = ClassMap.from_labels(o["name"] for _, _, objs in parsed for o in objs)
+        records = []
+        for xml_path, root, objects in parsed:
+            img_path = self._image_path(root, xml_path)
+            size = self._image_size(img_path, xml_path.name)
+            if size is None:
+                continue
+            height, width = size
+            self._check_size(root, height, width, xml_path)
+            boxes, labels, difficult = [], [], []
+            for o in objects:
+                label = self.class_map.index(o["name"], where=o["where"])
+                kept = self._keep_box(o["box"], height, width, o["where"])
+                if kept is not None:
+                    boxes.append(kept)
+                    labels.append(label)
+                    difficult.append(o["difficult"])
+            records.append(Record(len(records), img_path, height, width, np.array(boxes, np.float32).reshape(-1, 4),
+                                  np.array(labels, np.int64), difficult=np.array(difficult, bool), source=str(xml_path)))
+        return records
+
+    def _check_size(self, root: ET.Element, height: int, width: int, xml_path: Path) -> None:
+        try:
+            w = int(float(root.findtext("size/width")))
+            h = int(float(root.findtext("size/height")))
+        except (TypeError, ValueError):
+            w = h = None
+        if (h, w) != (height, width):
+            self.report.size_fixed += 1
+            self.report.note(f"{xml_path.name}: <size> says {w}x{h} but the image is {width}x{height}; using the image's size")
+
+
+class COCOBBoxParser(_Parser):
+    """COCO detection JSON (``images``, ``annotations``, ``categories``).
+
+    * Category ids may start anywhere and have gaps; labels follow the categories sorted by id
+      (``class_map.names[i]`` is the ``i``-th category by id).
+    * Image ids may be strings; ``record_id`` is the integer id when every id is an integer, else
+      the image's position in ``images``.
+    * Images with no annotation are kept as negatives. ``iscrowd`` defaults to 0; crowd regions are
+      kept and marked (:attr:`Record.iscrowd`): not trained on, ignored by the COCO metric.
+    * ``bbox`` is xywh in pixels; an annotation with only a ``segmentation`` gets the polygon's (or
+      RLE's) extent, and one with neither is dropped (``no-box``).
+    """
+
+    def __init__(self, annotations_file: str | Path, images_dir: str | Path, **kwargs):
+        super().__init__(images_dir, **kwargs)
+        self.annotations_file = Path(annotations_file)
+        try:
+            self.data = json.loads(self.annotations_file.read_text())
+        except FileNotFoundError:
+            raise DataError(f"COCO annotation file not found: {self.annotations_file}.") from None
+        except json.JSONDecodeError as e:
+            raise DataError(f"{self.annotations_file}: not valid JSON ({e}).") from None
+        if not isinstance(self.data, dict) or not isinstance(self.data.get("images"), list):
+            raise DataError(f"{self.annotations_file}: expected a COCO object with an 'images' list "
+                            f"(and 'annotations', 'categories'); got {type(self.data).__name__} "
+                            f"with keys {sorted(self.data) if isinstance(self.data, dict) else '-'}.")
+
+    def _categories(self) -> dict:
+        cats = self.data.get("categories") or []
+        try:
+            by_id = {c["id"]: self._label(c["name"]) for c in sorted(cats, key=lambda c: c["id"])}
+        except (KeyError, TypeError) as e:
+            raise DataError(f"{self.annotations_file}: every category needs 'id' and 'name' ({e!r} missing).") from None
+        if self.class_map is None:
+            names = list(dict.fromkeys(by_id.values()))
+            self.class_map = ClassMap(names)
+        return by_id
+
+    def _box(self, ann: dict, where: str) -> list[float] | None:
+        bbox = ann.get("bbox")
+        if bbox is not None:
+            if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+                raise DataError(f"{where}: bbox is {bbox!r}, expected [x, y, width, height].")
+            try:
+                x, y, w, h = (float(v) if v is not None else math.nan for v in bbox)
+            except (TypeError, ValueError):
+                raise DataError(f"{where}: bbox {bbox!r} holds a non-number.") from None
+            return [x, y, x + w, y + h]
+        seg = ann.get("segmentation")
+        if isinstance(seg, list) and seg and all(isinstance(p, list) and len(p) >= 6 for p in seg):
+            pts = np.concatenate([np.asarray(p, np.float64).reshape(-1, 2) for p in seg])
+            self.report.note(f"{where}: no bbox; using the segmentation's extent")
+            return [pts[:, 0].min(), pts[:, 1].min(), pts[:, 0].max(), pts[:, 1].max()]
+        if isinstance(seg, dict) and "counts" in seg and "size" in seg:
+            from pycocotools import mask as mask_utils
+            rle = mask_utils.frPyObjects(seg, *seg["size"]) if isinstance(seg["counts"], list) else seg
+            x, y, w, h = mask_utils.toBbox(rle).tolist()
+            self.report.note(f"{where}: no bbox; using the RLE mask's extent")
+            return [x, y, x + w, y + h]
+        self.report.dropped["no-box"] += 1
+        self.report.note(f"{where}: dropped, no bbox and no usable segmentation")
+        return None
+
+    def _parse(self) -> list[Record]:
+        cats = self._categories()
+        images = self.data["images"]
+        int_ids = all(isinstance(im.get("id"), int) and not isinstance(im.get("id"), bool) for im in images)
+        by_image: dict = {}
+        for ann in self.data.get("annotations") or []:
+            by_image.setdefault(ann.get("image_id"), []).append(ann)
+        known = {im.get("id") for im in images}
+        orphans = [a.get("id") for img_id, anns in by_image.items() if img_id not in known for a in anns]
+        if orphans:
+            self.report.dropped["unknown-image"] += len(orphans)
+            self.report.note(f"{self.annotations_file.name}: {len(orphans)} annotations name an image id not in "
+                             f"'images' (annotation ids {orphans[:5]}...); dropped")
+        records = []
+        for pos, im in enumerate(tqdm(images, desc="parsing COCO", delay=1.0, disable=None)):
+            if "file_name" not in im:
+                raise DataError(f"{self.annotations_file.name}: image #{pos} (id {im.get('id')!r}) has no 'file_name'.")
+            path = self.images_dir / im["file_name"]
+            size = self._image_size(path, f"{self.annotations_file.name} image {im.get('id')!r}")
+            if size is None:
+                continue
+            height, width = size
+            boxes, labels, crowd = [], [], []
+            for ann in by_image.get(im.get("id"), []):
+                where = f"{im['file_name']} annotation {ann.get('id')!r}"
+                if ann.get("category_id") not in cats:
+                    raise DataError(f"{where}: category_id {ann.get('category_id')!r} is not in 'categories' "
+                                    f"(ids {sorted(cats)}).")
+                xyxy = self._box(ann, where)
+                kept = None if xyxy is None else self._keep_box(xyxy, height, width, where)
+                if kept is not None:
+                    boxes.append(kept)
+                    labels.append(self.class_map.index(cats[ann["category_id"]], where=where))
+                    crowd.append(bool(ann.get("iscrowd", 0)))
+            if crowd and all(crowd):
+                self.report.note(f"{im['file_name']}: every box is a crowd region; they are ignored in training "
+                                 "and evaluation, so this image trains as background")
+            rid = im["id"] if int_ids else pos
+            records.append(Record(rid, path, height, width, np.array(boxes, np.float32).reshape(-1, 4),
+                                  np.array(labels, np.int64), iscrowd=np.array(crowd, bool), source=str(self.annotations_file)))
+        return records

@@ -1,0 +1,153 @@
+"""Transforms: albumentations augmentation for training, and an exact letterbox for every split.
+
+Every image reaching a model goes through :class:`Letterbox`: keep-ratio resize so the longest
+side is ``size`` (rounded as ``mmcv.rescale_size`` rounds, ``int(x + 0.5)``, with
+``cv2.INTER_LINEAR`` as ``mmcv.imresize`` uses), then constant padding to ``size x size``. The
+geometry it used is returned with the image, so predictions map back to the original image
+exactly (:meth:`Geometry.to_original`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks PyPI at import otherwise
+
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from fpn_lab.errors import DataError  # noqa: E402
+
+PAD_POSITIONS = ("top_left", "center")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How an image of ``ori_shape`` was placed in the network input.
+
+    ``x_net = x_ori * scale_x + pad_left`` (and likewise for y); the content occupies
+    ``[pad_top : pad_top + img_shape[0], pad_left : pad_left + img_shape[1]]``.
+    """
+
+    ori_shape: tuple[int, int]
+    img_shape: tuple[int, int]
+    pad_shape: tuple[int, int]
+    pad_left: int
+    pad_top: int
+
+    @property
+    def scale_x(self) -> float:
+        return self.img_shape[1] / self.ori_shape[1]
+
+    @property
+    def scale_y(self) -> float:
+        return self.img_shape[0] / self.ori_shape[0]
+
+    def to_original(self, boxes: np.ndarray) -> np.ndarray:
+        """Map ``float[N, 4]`` xyxy boxes from network input pixels to original-image pixels (clipped)."""
+        b = np.asarray(boxes, np.float32).reshape(-1, 4).copy()
+        b[:, [0, 2]] = (b[:, [0, 2]] - self.pad_left) / self.scale_x
+        b[:, [1, 3]] = (b[:, [1, 3]] - self.pad_top) / self.scale_y
+        b[:, [0, 2]] = b[:, [0, 2]].clip(0, self.ori_shape[1])
+        b[:, [1, 3]] = b[:, [1, 3]].clip(0, self.ori_shape[0])
+        return b
+
+    def to_network(self, boxes: np.ndarray) -> np.ndarray:
+        """Map ``float[N, 4]`` xyxy boxes from original-image pixels to network input pixels."""
+        b = np.asarray(boxes, np.float32).reshape(-1, 4).copy()
+        b[:, [0, 2]] = b[:, [0, 2]] * self.scale_x + self.pad_left
+        b[:, [1, 3]] = b[:, [1, 3]] * self.scale_y + self.pad_top
+        return b
+
+
+class Letterbox:
+    """Keep-ratio resize to ``size`` on the longest side, then pad to ``size x size``.
+
+    Args:
+        size: output side in pixels; must be a multiple of 32 (the coarsest FPN stride of the
+            presets' P5, so no second padding happens inside the model).
+        pad_value: fill of the padding, RGB 0..255 (the preset's own: 114 grey for YOLOX as its
+            mmdet test pipeline pads, the normalisation mean for ImageNet-normalised models, so
+            that padding is 0 after normalisation as ``DetDataPreprocessor`` pads).
+        position: ``"top_left"`` (as mmdet's ``Pad``) or ``"center"``.
+    """
+
+    def __init__(self, size: int, pad_value=(114, 114, 114), position: str = "top_left"):
+        if not isinstance(size, int) or size < 32 or size % 32:
+            raise DataError(f"image_size must be a positive multiple of 32 (the FPN's coarsest stride); "
+                            f"got {size!r}. Try {max(32, round(size / 32) * 32) if isinstance(size, (int, float)) else 320}.")
+        if position not in PAD_POSITIONS:
+            raise DataError(f"pad position must be one of {PAD_POSITIONS}; got {position!r}.")
+        self.size, self.position = size, position
+        self.pad_value = tuple(float(v) for v in np.broadcast_to(np.asarray(pad_value, np.float64), (3,)))
+
+    def geometry(self, height: int, width: int) -> Geometry:
+        scale = self.size / max(height, width)
+        nh, nw = min(int(height * scale + 0.5), self.size), min(int(width * scale + 0.5), self.size)
+        top = (self.size - nh) // 2 if self.position == "center" else 0
+        left = (self.size - nw) // 2 if self.position == "center" else 0
+        return Geometry((height, width), (nh, nw), (self.size, self.size), left, top)
+
+    def __call__(self, image: np.ndarray, boxes: np.ndarray | None = None):
+        """Letterbox ``uint8[H, W, 3]``; returns ``(uint8[size, size, 3], float32[N, 4] boxes, Geometry)``."""
+        g = self.geometry(*image.shape[:2])
+        resized = cv2.resize(image, (g.img_shape[1], g.img_shape[0]), interpolation=cv2.INTER_LINEAR)
+        out = np.empty((self.size, self.size, 3), np.uint8)
+        out[...] = np.round(self.pad_value).astype(np.uint8)
+        out[g.pad_top:g.pad_top + g.img_shape[0], g.pad_left:g.pad_left + g.img_shape[1]] = resized
+        net_boxes = g.to_network(boxes if boxes is not None else np.zeros((0, 4), np.float32))
+        return out, net_boxes, g
+
+
+def resize_and_pad(size: int, pad_value=(114, 114, 114), position: str = "top_left") -> Letterbox:
+    """Validation and inference transform: the exact, invertible :class:`Letterbox` (IceVision's name)."""
+    return Letterbox(size, pad_value, position)
+
+
+class Augment:
+    """Training transform: albumentations augmentation on the original image, then :class:`Letterbox`.
+
+    Boxes follow every geometric step (albumentations ``BboxParams`` in ``pascal_voc`` = xyxy
+    pixels); boxes less than 30 % visible after a crop or shift are dropped.
+    """
+
+    def __init__(self, pipeline: A.Compose, letterbox: Letterbox):
+        self.pipeline, self.letterbox = pipeline, letterbox
+
+    def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray):
+        out = self.pipeline(image=image, bboxes=np.asarray(boxes, np.float32).reshape(-1, 4), labels=np.asarray(labels))
+        boxes = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
+        img, net_boxes, g = self.letterbox(out["image"], boxes)
+        return img, net_boxes, np.asarray(out["labels"], np.int64), g
+
+
+def aug_tfms(size: int, presize: int | None = None, *, pad_value=(114, 114, 114), horizontal_flip: bool = True,
+             vertical_flip: bool = False, scale=(0.75, 1.25), translate=0.1, color: bool = True) -> Augment:
+    """Training augmentation (IceVision's ``aug_tfms`` shape), ending in the same letterbox as validation.
+
+    Args:
+        size: network input side (multiple of 32).
+        presize: if given, images are first resized so the longest side is ``presize`` and
+            augmented at that resolution (cheaper; IceVision's ``presize``), then letterboxed.
+        pad_value: fill for padding and for areas uncovered by the affine shift (RGB 0..255).
+        horizontal_flip, vertical_flip: random flips with p = 0.5.
+        scale: random zoom range of the affine step; translate: fraction of the side.
+        color: random brightness/contrast and hue/saturation jitter.
+    """
+    fill = tuple(int(round(v)) for v in np.broadcast_to(np.asarray(pad_value, np.float64), (3,)))
+    steps = []
+    if presize:
+        steps.append(A.LongestMaxSize(max_size=int(presize), interpolation=cv2.INTER_LINEAR))
+    if horizontal_flip:
+        steps.append(A.HorizontalFlip(p=0.5))
+    if vertical_flip:
+        steps.append(A.VerticalFlip(p=0.5))
+    steps.append(A.Affine(scale=scale, translate_percent=(-translate, translate), rotate=0, fit_output=False,
+                          border_mode=cv2.BORDER_CONSTANT, fill=fill, p=0.8))
+    if color:
+        steps += [A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5),
+                  A.HueSaturationValue(hue_shift_limit=10, sat_shift_limit=20, val_shift_limit=10, p=0.5)]
+    bbox_params = A.BboxParams(format="pascal_voc", label_fields=["labels"], min_visibility=0.3, min_area=4.0)
+    return Augment(A.Compose(steps, bbox_params=bbox_params), Letterbox(size, pad_value))

@@ -1,0 +1,1 @@
+"""fastai glue: the mmdet callback, the COCO metric, training guards and the learner factory."""

@@ -1,0 +1,51 @@
+"""The learner factory: a fastai ``Learner`` over an :class:`~fpn_lab.mmdet_adapter.wrapper.MMDetModel`."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import fastai.callback.progress  # noqa: F401  (progress bars and CSV-style table)
+import fastai.callback.schedule  # noqa: F401  (patches Learner.fit_one_cycle, fine_tune, lr_find)
+from fastai.learner import Learner
+from fastai.optimizer import SGD, Adam
+from fastai.torch_core import params
+
+from fpn_lab.learner.callbacks import MMDetCallback, NonFiniteLossGuard
+from fpn_lab.learner.metrics import coco_metrics
+
+OPTIMIZERS = {"adam": Adam, "sgd": partial(SGD, mom=0.9)}
+
+
+def detection_loss(pred: dict, *targets):
+    """The loss fastai back-propagates: the sum of the detector's loss terms (``pred["loss"]``)."""
+    return pred["loss"]
+
+
+def backbone_neck_head_splitter(model) -> list:
+    """Parameter groups ``[backbone, neck, head]`` for ``freeze``/``fine_tune`` and discriminative lrs."""
+    return [params(model.backbone), params(model.neck), params(model.head)]
+
+
+def make_learner(dls, model, class_map, *, opt: str = "adam", wd: float = 0.01, checkpoint=None, cbs=(), **kwargs) -> Learner:
+    """A fastai ``Learner`` training ``model`` with COCO AP and AP50 as metric columns.
+
+    Args:
+        dls: from :func:`~fpn_lab.data.dataloaders.make_dataloaders`.
+        model: :class:`~fpn_lab.mmdet_adapter.wrapper.MMDetModel`.
+        class_map: the dataset's :class:`~fpn_lab.core.class_map.ClassMap` (names per label).
+        opt: ``"adam"`` (fastai's Adam, decoupled weight decay) or ``"sgd"`` (momentum 0.9).
+        wd: weight decay; never applied to norm layers and biases (fastai ``wd_bn_bias=False``).
+        checkpoint: path where :class:`NonFiniteLossGuard` keeps the last good weights.
+
+    The learner gets ``learn.class_map`` and ``learn.coco`` (the metric accumulator: last
+    validation's detections and full COCO result).
+    """
+    if opt not in OPTIMIZERS:
+        raise ValueError(f"opt must be one of {sorted(OPTIMIZERS)}; got {opt!r}.")
+    metrics = coco_metrics()
+    learn = Learner(dls, model, loss_func=detection_loss, opt_func=OPTIMIZERS[opt], wd=wd, metrics=metrics,
+                    splitter=backbone_neck_head_splitter, cbs=[MMDetCallback(), NonFiniteLossGuard(checkpoint), *cbs],
+                    **kwargs)
+    learn.class_map = class_map
+    learn.coco = metrics[0].acc
+    return learn

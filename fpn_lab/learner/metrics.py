@@ -1,0 +1,78 @@
+"""COCO AP@[.5:.95] and AP50 as fastai metrics, computed once per validation pass."""
+
+from __future__ import annotations
+
+import math
+
+from fastai.learner import Metric
+
+from fpn_lab.metrics.coco import coco_evaluate, detections_to_coco
+
+
+class COCOAccumulator:
+    """Collects validation detections (mapped to original-image pixels) and evaluates them once.
+
+    Ground truth is ``learn.dls.valid.dataset.records``. After a validation pass,
+    :attr:`detections` holds the COCO results list and :attr:`result` the full
+    :func:`~fpn_lab.metrics.coco.coco_evaluate` dict.
+    """
+
+    def __init__(self):
+        self.detections: list[dict] = []
+        self.result: dict | None = None
+        self.learn = None
+
+    def reset(self):
+        self.detections, self.result = [], None
+
+    def accumulate(self, learn):
+        self.learn = learn
+        preds = learn.pred.get("predictions") if isinstance(learn.pred, dict) else None
+        if preds is None:
+            return
+        for p, t in zip(preds, learn.yb[0]):
+            boxes = t["geometry"].to_original(p["boxes"].cpu().numpy())
+            self.detections += detections_to_coco(t["record_id"], boxes, p["scores"].cpu().numpy(),
+                                                  p["labels"].cpu().numpy())
+
+    def evaluate(self) -> dict:
+        if self.result is None:
+            ds = self.learn.dls.valid.dataset
+            names = self.learn.class_map.names
+            self.result = coco_evaluate(ds.records, self.detections, names)
+        return self.result
+
+
+class COCOMetric(Metric):
+    """One COCO statistic (``"AP"``, ``"AP50"``, ...) as a fastai metric column.
+
+    Several :class:`COCOMetric` objects share one :class:`COCOAccumulator`; only the first
+    (``primary=True``) collects detections, so the COCO evaluation runs once per epoch.
+    """
+
+    def __init__(self, key: str, acc: COCOAccumulator, primary: bool):
+        self.key, self.acc, self.primary = key, acc, primary
+
+    def reset(self):
+        if self.primary:
+            self.acc.reset()
+
+    def accumulate(self, learn):
+        if self.primary:
+            self.acc.accumulate(learn)
+
+    @property
+    def value(self):
+        if self.acc.learn is None:
+            return math.nan
+        return self.acc.evaluate()[self.key]
+
+    @property
+    def name(self):
+        return self.key
+
+
+def coco_metrics(keys=("AP", "AP50")) -> list[COCOMetric]:
+    """fastai metrics for the given COCO stats, sharing one accumulator (``metrics[0].acc``)."""
+    acc = COCOAccumulator()
+    return [COCOMetric(k, acc, primary=(i == 0)) for i, k in enumerate(keys)]

@@ -1,0 +1,1 @@
+"""COCO box metrics over fpn_lab records (pycocotools)."""

@@ -1,0 +1,149 @@
+"""Build an mmdet detector and drive it with fpn_lab batches.
+
+:class:`MMDetModel` takes a batch of letterboxed ``uint8`` RGB images and fpn_lab targets, builds
+mmdet's ``(inputs, list[DetDataSample])``, runs the detector's own ``data_preprocessor`` (so
+normalisation and channel order are exactly mmdet's) and calls the detector in ``loss`` or
+``predict`` mode. Nothing outside this package sees a ``DetDataSample``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from fpn_lab.mmdet_adapter.config import load_config
+
+
+def _register() -> None:
+    from mmdet.utils import register_all_modules
+
+    register_all_modules(init_default_scope=True)
+
+
+def build_detector(preset, *, num_classes: int, pretrained: str = "none") -> MMDetModel:
+    """Build ``preset`` for ``num_classes`` classes, with initial weights per ``pretrained``.
+
+    ``init_weights()`` is always called, so heads start with their prior-probability bias
+    (``bias_prob=0.01`` in RetinaNet/VFNet heads; YOLOX's own init) and, with
+    ``pretrained="imagenet"``, the backbone loads the config's ImageNet checkpoint.
+    """
+    _register()
+    from mmdet.registry import MODELS
+
+    from mmengine.logging import MMLogger
+
+    cfg = load_config(preset, num_classes=num_classes, pretrained=pretrained)
+    detector = MODELS.build(cfg.model)
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # init_weights logs one INFO block per parameter
+    try:
+        detector.init_weights()
+    finally:
+        logger.setLevel(level)
+    return MMDetModel(detector, preset, cfg)
+
+
+def _frozen_norm_train_mode(module: nn.Module) -> list[nn.Module]:
+    """Put ``module`` in train mode except its norm layers (returns the norm layers set to eval)."""
+    module.train()
+    norms = [m for m in module.modules() if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm))]
+    for m in norms:
+        m.eval()
+    return norms
+
+
+class MMDetModel(nn.Module):
+    """An mmdet detector behind fpn_lab's batch format.
+
+    ``forward(images, targets=None)``:
+
+    * ``images``: ``uint8[B, 3, S, S]`` RGB, letterboxed (see :class:`~fpn_lab.data.transforms.Letterbox`).
+    * ``targets``: list of B dicts with ``boxes`` ``float32[N, 4]`` xyxy in network-input pixels,
+      ``labels`` ``int64[N]`` and ``geometry`` (:class:`~fpn_lab.data.transforms.Geometry`).
+
+    Returns, in training mode: ``{"loss": scalar, <mmdet loss name>: scalar, ...}``. In eval mode:
+    ``{"loss": ..., ..., "predictions": [...]}`` where the losses are computed with the heads in
+    training mode but every norm layer in eval mode, so validation never updates BatchNorm
+    statistics (and VFNet's head, which returns fewer outputs in eval mode, still gives its
+    training losses). Without targets, only predictions. Each prediction is a dict of
+    ``boxes`` ``float32[M, 4]`` xyxy in network-input pixels, ``scores`` ``float32[M]`` and
+    ``labels`` ``int64[M]``.
+    """
+
+    def __init__(self, detector: nn.Module, preset, cfg):
+        super().__init__()
+        self.detector, self.preset, self.cfg = detector, preset, cfg
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.detector.backbone
+
+    @property
+    def neck(self) -> nn.Module:
+        return self.detector.neck
+
+    @property
+    def head(self) -> nn.Module:
+        return self.detector.bbox_head
+
+    def _samples(self, images: torch.Tensor, targets):
+        from mmdet.structures import DetDataSample
+        from mmengine.structures import InstanceData
+
+        samples = []
+        for i, t in enumerate(targets):
+            g = t["geometry"]
+            s = DetDataSample(metainfo=dict(img_shape=tuple(g.img_shape), ori_shape=tuple(g.img_shape),
+                                            pad_shape=tuple(g.pad_shape), scale_factor=(1.0, 1.0), img_id=i))
+            keep = t.get("train_mask")
+            boxes, labels = t["boxes"], t["labels"]
+            if keep is not None:
+                boxes, labels = boxes[keep], labels[keep]
+            s.gt_instances = InstanceData(bboxes=boxes.float().reshape(-1, 4), labels=labels.long().reshape(-1))
+            samples.append(s)
+        return samples
+
+    def preprocess(self, images: torch.Tensor, targets, training: bool):
+        """Run the detector's ``DetDataPreprocessor`` on fpn_lab input; returns ``(inputs, data_samples)``.
+
+        mmdet pipelines load images as BGR; the preprocessor swaps to RGB where the config says
+        ``bgr_to_rgb`` (VFNet, RetinaNet) and keeps BGR otherwise (YOLOX). We hand it BGR, as
+        mmdet's own loaders do.
+        """
+        bgr = images.flip(1)
+        data = self.detector.data_preprocessor({"inputs": bgr, "data_samples": self._samples(images, targets)},
+                                               training=training)
+        return data["inputs"], data["data_samples"]
+
+    def _loss(self, images, targets, training: bool) -> dict:
+        inputs, samples = self.preprocess(images, targets, training)
+        loss, log_vars = self.detector.parse_losses(self.detector.loss(inputs, samples))
+        return {"loss": loss, **{k: v.detach() for k, v in log_vars.items() if k != "loss"}}
+
+    def predict(self, images: torch.Tensor, geometries) -> list[dict]:
+        """Detections per image in network-input pixels (no rescale; map back with ``Geometry.to_original``)."""
+        targets = [{"geometry": g, "boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}
+                   for g in geometries]
+        inputs, samples = self.preprocess(images, targets, training=False)
+        results = self.detector.predict(inputs, samples, rescale=False)
+        return [{"boxes": r.pred_instances.bboxes.float(), "scores": r.pred_instances.scores.float(),
+                 "labels": r.pred_instances.labels.long()} for r in results]
+
+    def forward(self, images: torch.Tensor, targets=None):
+        if self.training:
+            return self._loss(images, targets, training=True)
+        out = {}
+        if targets is not None and any("boxes" in t for t in targets):
+            norms = _frozen_norm_train_mode(self.detector)
+            try:
+                with torch.no_grad():
+                    out = self._loss(images, targets, training=False)
+            finally:
+                self.detector.eval()
+                del norms
+        with torch.no_grad():
+            out["predictions"] = self.predict(images, [t["geometry"] for t in targets])
+        return out

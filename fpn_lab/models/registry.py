@@ -1,0 +1,84 @@
+"""One registry of model presets: register once, look up by name, alias or IceVision index.
+
+Anchors: ``torchvision.models._api`` (duplicate = error) and ``timm.list_models`` (fnmatch).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+
+from fpn_lab.errors import ModelError, did_you_mean
+
+_PRESETS: dict = {}
+_ALIASES: dict[str, str] = {}
+#: IceVision getting-started notebook's ``selection`` indices. Indices that name a model outside
+#: fpn_lab's scope map to a description used in the error message.
+_SELECTIONS: dict[int, str] = {}
+ICEVISION_OTHERS = {
+    2: "mmdet Faster R-CNN resnet101_fpn_2x (two-stage)", 3: "mmdet SSD300 (no FPN)",
+    5: "mmdet YOLOF r50_c5 (no FPN)", 6: "mmdet DETR r50 (no FPN)", 7: "mmdet Deformable DETR",
+    8: "mmdet FSAF x101 FPN", 9: "mmdet SABL r101 FPN", 10: "mmdet CentripetalNet hourglass104",
+    11: "torchvision RetinaNet resnet50_fpn", 12: "ross EfficientDet tf_lite0 (BiFPN)", 13: "ultralytics YOLOv5 small",
+}
+
+
+def register_model(preset):
+    """Add a :class:`~fpn_lab.models.presets.Preset`; a name, alias or selection index used twice is an error."""
+    names = [preset.name, *preset.aliases]
+    for n in names:
+        if n in _PRESETS or n in _ALIASES:
+            raise ModelError(f"model name {n!r} is already registered (by {_ALIASES.get(n, n)!r}); names must be unique.")
+    if preset.selection is not None and preset.selection in _SELECTIONS:
+        raise ModelError(f"selection index {preset.selection} is already taken by {_SELECTIONS[preset.selection]!r}.")
+    _PRESETS[preset.name] = preset
+    for a in preset.aliases:
+        _ALIASES[a] = preset.name
+    if preset.selection is not None:
+        _SELECTIONS[preset.selection] = preset.name
+    return preset
+
+
+def list_models(include: str = "*", exclude: str | None = None) -> list[str]:
+    """Preset names matching the fnmatch pattern ``include`` and not ``exclude``, sorted."""
+    _ensure_loaded()
+    return sorted(n for n in _PRESETS if fnmatch.fnmatch(n, include) and not (exclude and fnmatch.fnmatch(n, exclude)))
+
+
+def get_preset(selection):
+    """Resolve ``selection``: an IceVision index (int), a preset name or an alias.
+
+    Raises:
+        ModelError: unknown index or name; the message lists valid ones and close matches.
+    """
+    _ensure_loaded()
+    if isinstance(selection, bool):
+        raise ModelError(f"selection must be an int index or a preset name; got the boolean {selection!r}.")
+    if isinstance(selection, int):
+        if selection in _SELECTIONS:
+            return _PRESETS[_SELECTIONS[selection]]
+        valid = ", ".join(f"{i} = {n}" for i, n in sorted(_SELECTIONS.items()))
+        why = (f" In IceVision it meant {ICEVISION_OTHERS[selection]}, which fpn_lab does not offer "
+               "(it covers MMDetection's one-stage FPN detectors).") if selection in ICEVISION_OTHERS else ""
+        raise ModelError(f"unknown selection index {selection}.{why} Valid indices: {valid}; or pass a preset "
+                         f"name such as {list_models()[0]!r} (see list_models()).")
+    if isinstance(selection, str):
+        key = selection.strip()
+        if key.isdigit():
+            return get_preset(int(key))
+        if key in _PRESETS:
+            return _PRESETS[key]
+        if key in _ALIASES:
+            return _PRESETS[_ALIASES[key]]
+        raise ModelError(f"unknown model {selection!r}.{did_you_mean(key, [*_PRESETS, *_ALIASES])} "
+                         f"Registered presets: {', '.join(list_models())}.")
+    raise ModelError(f"selection must be an int index or a preset name; got {type(selection).__name__} {selection!r}.")
+
+
+def selections() -> dict[int, str]:
+    """IceVision index -> preset name, for the indices fpn_lab offers."""
+    _ensure_loaded()
+    return dict(sorted(_SELECTIONS.items()))
+
+
+def _ensure_loaded() -> None:
+    from fpn_lab.models import presets  # noqa: F401  (registers the catalogue on first use)
