@@ -41,12 +41,14 @@ if [[ ! -x $VENV/bin/python ]]; then
 fi
 VPY=$VENV/bin/python
 PIP=("$VPY" -m pip install --disable-pip-version-check --progress-bar off)
+# pip warns once per package about index folders this machine's pip.conf names but lacks; hide that noise.
+quiet_pip() { "${PIP[@]}" "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 
 log "build tools"
-"${PIP[@]}" -q --upgrade "pip>=24" "setuptools>=77.0.3,<81" wheel ninja
+quiet_pip -q --upgrade "pip>=24" "setuptools>=77.0.3,<81" wheel ninja
 
 log "torch $TORCH_VERSION, torchvision $TORCHVISION_VERSION"
-"${PIP[@]}" -q "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
+quiet_pip -q "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
 
 # ---- mmcv: cached wheel or a build from the sdist -------------------------------------------
 PYTAG=$("$VPY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
@@ -78,21 +80,21 @@ if [[ -z $WHEEL ]]; then
   log "cached $WHEEL"
 fi
 log "mmcv from $WHEEL"
-"${PIP[@]}" -q --no-deps --force-reinstall "$WHEEL"
+quiet_pip -q --no-deps --force-reinstall "$WHEEL"
 
 log "requirements.txt"
-"${PIP[@]}" -q -r "$ROOT/requirements.txt"
+quiet_pip -q -r "$ROOT/requirements.txt"
 # mmcv/mmengine depend on opencv-python (GUI build); albumentations on the headless one. Both
 # install into cv2/, so remove the GUI one and reinstall the headless files it overwrote.
 if "$VPY" -m pip show -q opencv-python >/dev/null 2>&1; then
   "$VPY" -m pip uninstall -q -y opencv-python
 fi
-"${PIP[@]}" -q --no-deps --force-reinstall \
+quiet_pip -q --no-deps --force-reinstall \
   "$(grep -E '^opencv-python-headless==' "$ROOT/requirements.txt")"
-"${PIP[@]}" -q --no-deps -e "$ROOT"
+quiet_pip -q --no-deps -e "$ROOT"
 
 log "Jupyter kernel '$KERNEL_NAME'"
-"$VPY" -m ipykernel install --sys-prefix --name "$KERNEL_NAME" --display-name "Python (fpn_lab)" >/dev/null
+"$VPY" -m ipykernel install --sys-prefix --name "$KERNEL_NAME" --display-name "Python (fpn_lab)" --env NO_ALBUMENTATIONS_UPDATE 1 >/dev/null
 
 log "checking imports"
 NO_ALBUMENTATIONS_UPDATE=1 "$VPY" - <<'PY'

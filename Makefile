@@ -1,0 +1,22 @@
+# fpn_lab: two commands do all the set-up on a fresh machine.
+#   make demo   - create the environment if missing, then train the demo headless (runs/<name>/)
+#   make test   - create the environment if missing, then run the test suite
+PY := .venv/bin/python
+export NO_ALBUMENTATIONS_UPDATE := 1
+
+.PHONY: setup demo test test-all bench lab clean-runs
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(PY) -m fpn_lab.cli run params/demo.yaml
+
+test: setup
+	$(PY) -m pytest
+
+test-all: setup
+	$(PY) -m pytest -m ""
+
+lab: setup
+	.venv/bin/jupyter lab notebooks/

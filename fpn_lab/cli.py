@@ -1,0 +1,54 @@
+"""``fpn-lab`` command line: run notebooks headless and list their parameters."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fpn_lab.errors import FpnLabError
+
+
+def _run(args) -> int:
+    from fpn_lab.runner.papermill_run import run_notebook
+    from fpn_lab.runner.params import parse_set
+
+    kwargs = {"overrides": parse_set(args.set), "runs_dir": args.runs_dir, "kernel": args.kernel,
+              "timeout": args.timeout}
+    if args.notebook:
+        kwargs["notebook"] = args.notebook
+    _, ok = run_notebook(args.params, **kwargs)
+    return 0 if ok else 1
+
+
+def _params(args) -> int:
+    from fpn_lab.runner.params import notebook_parameters
+
+    for name, info in notebook_parameters(args.notebook).items():
+        print(f"{name:22s} {info['type']:6s} default {info['default']!r}  {info['help']}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="fpn-lab", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a notebook headless with a params YAML into runs/<name>/")
+    run.add_argument("params", nargs="?", help="params YAML (empty file = notebook defaults)")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one parameter (repeatable)")
+    run.add_argument("--notebook", help="notebook to run (default notebooks/getting_started.ipynb)")
+    run.add_argument("--runs-dir", default="runs")
+    run.add_argument("--kernel", default="fpn-lab", help="Jupyter kernel name (default fpn-lab)")
+    run.add_argument("--timeout", type=float, default=None, help="per-cell timeout in seconds")
+    run.set_defaults(func=_run)
+    par = sub.add_parser("params", help="list a notebook's parameters with types and defaults")
+    par.add_argument("notebook", nargs="?", default="notebooks/getting_started.ipynb")
+    par.set_defaults(func=_params)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except FpnLabError as e:
+        print(f"fpn-lab: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Running notebooks: the in-notebook run context and the headless papermill runner."""

@@ -1,0 +1,155 @@
+"""The run context used inside a notebook: paths, seeds, phase timing and ``metrics.json``.
+
+``metrics.json`` schema (``schema_version`` 1), written atomically:
+
+* ``status``: ``"ok"`` (written by the notebook's last cell) or ``"failed"`` (written by the
+  runner, with ``error``: failing cell index, exception name and message).
+* ``preset``, ``params`` (every notebook parameter after validation), ``seed``.
+* ``dataset``: ``data_dir``, ``class_names``, ``split`` sizes, ``parse`` (the parser's
+  :class:`~fpn_lab.data.parsers.ParseReport`: kept, clipped, dropped boxes by reason).
+* ``model``: ``params`` (parameter count), ``neck``, ``levels``.
+* ``metrics``: the 12 COCO box stats (``AP`` = AP@[.5:.95], ``AP50``, ``AP75``, ``AP_small`` ...,
+  ``AR100`` ...) as fractions, ``per_class_AP``, ``message``; evaluated with pycocotools on
+  the validation split in original-image pixels.
+* ``history``: per epoch ``train_loss``, ``valid_loss``, ``AP``, ``AP50``.
+* ``timing_s``: seconds per phase (``setup``, ``lr_find``, ``training``, ``evaluation``, and
+  ``rendering`` added by the runner).
+* ``versions`` (python, torch, mmcv, mmdet, mmengine, fastai), ``git_commit``, ``finished_at``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import random
+import subprocess
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+
+def project_root() -> Path:
+    """The repository root (the folder holding ``pyproject.toml`` above the package), else the cwd."""
+    here = Path(__file__).resolve().parents[2]
+    return here if (here / "pyproject.toml").is_file() else Path.cwd()
+
+
+def project_path(path: str | Path) -> Path:
+    """Resolve a relative path against the project root, so notebooks give the same result whether
+    Jupyter runs them from ``notebooks/`` or papermill from the root."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else project_root() / p
+
+
+def unique_run_dir(runs_dir: str | Path, name: str) -> Path:
+    """``runs_dir/name``, or ``name-2``, ``name-3``... : never an existing folder (created here)."""
+    base = project_path(runs_dir)
+    base.mkdir(parents=True, exist_ok=True)
+    for k in range(1, 10_000):
+        candidate = base / (name if k == 1 else f"{name}-{k}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"no free run folder name under {base} for {name!r}")
+
+
+def default_run_name(preset_name: str) -> str:
+    return f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{preset_name}"
+
+
+def write_json_atomic(path: str | Path, data) -> Path:
+    """Write ``data`` as JSON to ``path`` via a temp file and rename (NaN written as null)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_json_safe(data), indent=2, sort_keys=False))
+    tmp.replace(path)
+    return path
+
+
+def _json_safe(obj):
+    if isinstance(obj, float):
+        return None if math.isnan(obj) or math.isinf(obj) else obj
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        return _json_safe(obj.item())
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, numpy and torch (CPU and CUDA)."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def library_versions() -> dict:
+    import fastai
+    import mmcv
+    import mmdet
+    import mmengine
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "mmcv": mmcv.__version__,
+            "mmdet": mmdet.__version__, "mmengine": mmengine.__version__, "fastai": fastai.__version__}
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project_root(), capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class Run:
+    """One notebook run: its folder, parameters and phase timings.
+
+    Args:
+        params: the notebook's parameters (recorded in ``metrics.json``).
+        run_dir: the folder made by the headless runner; ``None`` (interactive) makes a new
+            ``runs/<timestamp>-<preset>`` folder.
+    """
+
+    def __init__(self, params: dict, run_dir: str | Path | None = None, preset_name: str = "run"):
+        self.params = dict(params)
+        self.dir = project_path(run_dir) if run_dir else unique_run_dir("runs", default_run_name(preset_name))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.timing: dict[str, float] = {}
+        self.started = time.perf_counter()
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        """Time a block; repeated phases add up."""
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timing[name] = self.timing.get(name, 0.0) + time.perf_counter() - t
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    def finish(self, **sections) -> Path:
+        """Write ``metrics.json`` with ``status: ok`` and the given sections (see module docstring)."""
+        self.timing["total_notebook"] = time.perf_counter() - self.started
+        data = {"schema_version": SCHEMA_VERSION, "status": "ok", "params": self.params, **sections,
+                "timing_s": {k: round(v, 2) for k, v in self.timing.items()}, "versions": library_versions(),
+                "git_commit": git_commit(), "host": {"cpus": os.cpu_count(), "platform": platform.platform()},
+                "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        return write_json_atomic(self.path("metrics.json"), data)

@@ -1,0 +1,129 @@
+"""Notebook parameters: load a params YAML and validate it against the notebook's ``parameters`` cell.
+
+Papermill injects whatever it is given, so a typo (``epoch: 3``) or a YAML type trap (``lr: 1e-3``
+is a *string* in YAML 1.1; ``no`` is a boolean) would surface cells later, deep in training. Here
+every key must be a parameter of the notebook, and every value must have the type of the
+parameter's default (see :func:`coerce`), before a kernel starts.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import yaml
+
+from fpn_lab.errors import ParamsError, did_you_mean
+
+
+def load_params_file(path: str | Path) -> dict:
+    """Read a params YAML. An empty or comment-only file means no overrides (``{}``).
+
+    Raises:
+        ParamsError: missing file, invalid YAML, or a top level that is not a mapping.
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"params file not found: {path}.") from None
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: invalid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: the top level must be a mapping of parameter: value; got a "
+                          f"{type(data).__name__} ({str(data)[:60]!r}).")
+    return data
+
+
+def notebook_parameters(notebook: str | Path) -> dict[str, dict]:
+    """``{name: {"default": value, "type": "int"|"float"|"str"|"bool"|...}}`` from the tagged cell.
+
+    Raises:
+        ParamsError: the notebook has no cell tagged ``parameters``.
+    """
+    import papermill as pm
+
+    found = pm.inspect_notebook(str(notebook))
+    if not found:
+        raise ParamsError(f"{notebook} has no cell tagged 'parameters'; papermill cannot inject values. "
+                          "Tag the cell holding the defaults with 'parameters'.")
+    out = {}
+    for name, info in found.items():
+        try:
+            default = ast.literal_eval(info["default"])
+        except (ValueError, SyntaxError):
+            raise ParamsError(f"{notebook}: the default of parameter {name!r} ({info['default']!r}) is not a "
+                              "literal; parameters cells must hold plain values.") from None
+        out[name] = {"default": default, "type": type(default).__name__, "help": info.get("help", "")}
+    return out
+
+
+def coerce(name: str, value, default):
+    """Check ``value`` against the type of ``default``; returns ``(value, note or None)``.
+
+    Rules: int for float is widened; a string that parses as a number for a float/int parameter
+    is converted with a note (YAML 1.1 reads ``1e-3`` as a string); a bool where a str or number
+    is expected is an error (``no``/``yes``/``on``/``off`` are booleans in YAML: quote them); the
+    string ``"None"`` is an error (write ``null``); for ``selection`` an int or a str is accepted.
+    """
+    expected = type(default)
+    if isinstance(value, str) and value.strip() in ("None", "none", "~") and expected is not str:
+        raise ParamsError(f"{name}: got the string {value!r}; write null (without quotes) for no value.")
+    if name == "selection" and isinstance(value, (int, str)) and not isinstance(value, bool):
+        return value, None
+    if expected is bool:
+        if isinstance(value, bool):
+            return value, None
+        raise ParamsError(f"{name}: expected true or false, got {type(value).__name__} {value!r}.")
+    if isinstance(value, bool):
+        raise ParamsError(f"{name}: expected {expected.__name__}, got the boolean {value!r}; YAML reads "
+                          "yes/no/on/off/true/false as booleans: quote the value.")
+    if expected is float:
+        if isinstance(value, int):
+            return float(value), None
+        if isinstance(value, str):
+            try:
+                return float(value), f"{name}: converted the string {value!r} to the float {float(value)!r}"
+            except ValueError:
+                pass
+    if expected is int and isinstance(value, str):
+        try:
+            return int(value), f"{name}: converted the string {value!r} to the int {int(value)!r}"
+        except ValueError:
+            pass
+    if expected is int and isinstance(value, float) and value.is_integer():
+        return int(value), None
+    if default is None or isinstance(value, expected):
+        return value, None
+    raise ParamsError(f"{name}: expected {expected.__name__} (default {default!r}), got {type(value).__name__} {value!r}.")
+
+
+def validate_params(params: dict, notebook: str | Path) -> tuple[dict, list[str]]:
+    """Validate ``params`` against ``notebook``'s parameters; returns ``(params, notes)``.
+
+    Raises:
+        ParamsError: an unknown key (with close matches) or a value of the wrong type.
+    """
+    spec = notebook_parameters(notebook)
+    out, notes = {}, []
+    for key, value in params.items():
+        if key not in spec:
+            raise ParamsError(f"unknown parameter {key!r} for {Path(notebook).name}.{did_you_mean(key, spec)} "
+                              f"Parameters: {', '.join(spec)}.")
+        out[key], note = coerce(key, value, spec[key]["default"])
+        if note:
+            notes.append(note)
+    return out, notes
+
+
+def parse_set(items) -> dict:
+    """``["epochs=3", "lr=1e-3"]`` (CLI ``--set``) to a dict, values read as YAML scalars."""
+    out = {}
+    for item in items or ():
+        if "=" not in item:
+            raise ParamsError(f"--set takes key=value; got {item!r}.")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value) if value != "" else ""
+    return out

@@ -1,0 +1,1 @@
+"""Drawing: samples, batches, results and predictions with matplotlib."""

@@ -1,0 +1,106 @@
+"""Matplotlib drawings of images with boxes (ground truth and predictions).
+
+All functions take boxes as ``float[N, 4]`` xyxy in the pixel coordinates of the image drawn, and
+return the matplotlib ``Figure`` (so notebooks display it and scripts can save it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.patches import Rectangle
+
+COLORS = plt.get_cmap("tab10").colors
+
+
+def draw_boxes(ax, image: np.ndarray, boxes, labels, class_names: Sequence[str], scores=None, title: str = "") -> None:
+    """Draw ``uint8[H, W, 3]`` RGB ``image`` with boxes, class names and optional scores on ``ax``."""
+    ax.imshow(image)
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    for k, (b, lab) in enumerate(zip(boxes, np.asarray(labels).reshape(-1))):
+        color = COLORS[int(lab) % len(COLORS)]
+        ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, edgecolor=color, linewidth=1.5))
+        text = class_names[int(lab)] + (f" {float(scores[k]):.2f}" if scores is not None else "")
+        ax.text(b[0], b[1], text, fontsize=7, color="white", va="bottom",
+                bbox=dict(facecolor=color, alpha=0.7, pad=1, edgecolor="none"))
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+
+
+def _grid(n: int, ncols: int, size: float = 3.2):
+    nrows = max(1, math.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    return fig, axes.flat
+
+
+def show_samples(dataset, class_names: Sequence[str], n: int = 6, ncols: int = 3, seed: int = 0):
+    """Draw ``n`` transformed samples of a :class:`~fpn_lab.data.dataloaders.Dataset` with their boxes."""
+    idx = np.random.default_rng(seed).choice(len(dataset), size=min(n, len(dataset)), replace=False)
+    fig, axes = _grid(len(idx), ncols)
+    for ax, i in zip(axes, idx):
+        img, t = dataset[int(i)]
+        draw_boxes(ax, img, t["boxes"].numpy(), t["labels"].numpy(), class_names,
+                   title=dataset.records[int(i)].filepath.name)
+    fig.tight_layout()
+    return fig
+
+
+def show_batch(dls, class_names: Sequence[str], n: int = 6, ncols: int = 3):
+    """Draw the first ``n`` images of one training batch as the model receives them (letterboxed)."""
+    images, targets = dls.train.one_batch()
+    n = min(n, len(images))
+    fig, axes = _grid(n, ncols)
+    for ax, img, t in zip(axes, images[:n], targets[:n]):
+        draw_boxes(ax, img.permute(1, 2, 0).cpu().numpy(), t["boxes"].cpu().numpy(), t["labels"].cpu().numpy(),
+                   class_names, title=f"{img.shape[-1]}x{img.shape[-2]} input")
+    fig.tight_layout()
+    return fig
+
+
+def show_results(images: Sequence[np.ndarray], records, predictions: Sequence[dict], class_names: Sequence[str],
+                 threshold: float = 0.4):
+    """Ground truth (left) beside predictions scoring >= ``threshold`` (right), in original pixels."""
+    n = len(images)
+    fig, axes = plt.subplots(n, 2, figsize=(8, 3.2 * n), squeeze=False)
+    for row, (img, rec, pred) in enumerate(zip(images, records, predictions)):
+        keep = pred["scores"] >= threshold
+        draw_boxes(axes[row, 0], img, rec.boxes, rec.labels, class_names, title=f"{rec.filepath.name}: ground truth")
+        draw_boxes(axes[row, 1], img, pred["boxes"][keep], pred["labels"][keep], class_names, pred["scores"][keep],
+                   title=f"predictions (score >= {threshold})")
+    fig.tight_layout()
+    return fig
+
+
+def show_predictions(images: Sequence[np.ndarray], predictions: Sequence[dict], class_names: Sequence[str],
+                     titles: Sequence[str] = (), threshold: float = 0.4, ncols: int = 2):
+    """Predictions scoring >= ``threshold`` drawn on the original images."""
+    fig, axes = _grid(len(images), ncols, size=4.0)
+    for k, (ax, img, pred) in enumerate(zip(axes, images, predictions)):
+        keep = pred["scores"] >= threshold
+        draw_boxes(ax, img, pred["boxes"][keep], pred["labels"][keep], class_names, pred["scores"][keep],
+                   title=titles[k] if k < len(titles) else "")
+    fig.tight_layout()
+    return fig
+
+
+def plot_metrics(recorder, metric_names: Sequence[str] = ("AP", "AP50")):
+    """Training / validation loss and COCO AP per epoch from a fastai ``Recorder``."""
+    names = list(recorder.metric_names[1:-1])  # drop 'epoch' and 'time'
+    values = np.array(recorder.values, dtype=np.float64).reshape(len(recorder.values), -1)
+    epochs = np.arange(1, len(values) + 1)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for col, name in enumerate(names):
+        target = ax2 if name in metric_names else ax1
+        target.plot(epochs, values[:, col], marker="o", label=name)
+    ax1.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax2.set(xlabel="epoch", ylabel="COCO AP", title="validation AP", ylim=(0, 1))
+    for ax in (ax1, ax2):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

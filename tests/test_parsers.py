@@ -1,0 +1,122 @@
+"""Parsers on BCCD and on the ../shared/cases inputs (copied into tests/data/cases)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from conftest import CASES, DATA, SHARED
+from fpn_lab.core.class_map import ClassMap
+from fpn_lab.data.parsers import COCOBBoxParser, VOCBBoxParser, sanitize_box
+from fpn_lab.errors import DataError
+
+
+def test_bccd_drops_the_two_zero_area_boxes_and_names_their_files(caplog):
+    with caplog.at_level(logging.WARNING, logger="fpn_lab.data"):
+        parser = VOCBBoxParser(DATA / "bccd" / "annotations", DATA / "bccd" / "images")
+        records = parser.parse()
+    assert len(records) == 364
+    assert parser.report.dropped == {"zero-area": 2}
+    assert parser.report.boxes == 4155 + 372 + 361 - 2
+    assert parser.class_map.names == ["Platelets", "RBC", "WBC"]
+    text = caplog.text
+    assert "BloodImage_00338.xml" in text and "BloodImage_00343.xml" in text
+    for r in records:
+        assert r.boxes.dtype == np.float32 and r.labels.dtype == np.int64
+        assert (r.boxes[:, 2] > r.boxes[:, 0]).all() and (r.boxes[:, 3] > r.boxes[:, 1]).all()
+        assert (r.boxes[:, [0, 2]] <= r.width).all() and (r.boxes[:, [1, 3]] <= r.height).all()
+
+
+def test_record_shapes_for_fridge():
+    parser = VOCBBoxParser(DATA / "fridge" / "annotations", DATA / "fridge" / "images")
+    records = parser.parse()
+    assert len(records) == 6 and sum(r.num_boxes for r in records) == 12
+    assert sorted(parser.class_map.names) == ["can", "carton", "milk_bottle", "water_bottle"]
+    assert all((r.height, r.width) == (666, 499) for r in records)
+
+
+@pytest.mark.parametrize("box, status", [
+    ([1, 1, 10, 10], "ok"), ([-5, 1, 10, 10], "clipped"), ([0, 0, 0, 0], "zero-area"), ([40, 5, 20, 10], "inverted"),
+    ([10, 60, 20, 70], "outside"), ([float("nan"), 1, 2, 3], "non-finite"), ([1, 1, float("inf"), 3], "non-finite"),
+])
+def test_sanitize_box_kinds(box, status):
+    kept, got = sanitize_box(box, height=48, width=64)
+    assert got == status
+    assert (kept is None) == (status not in ("ok", "clipped"))
+
+
+def test_r01_negative_images_are_kept_and_counted():
+    coco = COCOBBoxParser(CASES / "R01" / "annotations.json", CASES / "R01" / "images")
+    records = coco.parse()
+    assert len(records) == 2 and coco.report.negatives == 1
+    neg = next(r for r in records if r.filepath.name == "neg.png")
+    assert neg.boxes.shape == (0, 4) and neg.labels.shape == (0,)
+
+
+def test_r02_box_wholly_outside_is_dropped_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="fpn_lab.data"):
+        parser = COCOBBoxParser(CASES / "R02" / "annotations.json", CASES / "R02" / "images")
+        (rec,) = parser.parse()
+    assert rec.num_boxes == 2 and parser.report.dropped == {"outside": 1}
+    np.testing.assert_allclose(rec.boxes, [[10, 10, 30, 30], [5, 20, 20, 32]])
+    assert "a.png annotation 2" in caplog.text
+
+
+def test_r04_zero_area_and_inverted_boxes_are_dropped_never_swapped():
+    coco = COCOBBoxParser(CASES / "R04" / "annotations.json", CASES / "R04" / "images")
+    (rec,) = coco.parse()
+    assert rec.num_boxes == 1 and coco.report.dropped["zero-area"] == 3
+    voc_dir = CASES / "R04"
+    parser = VOCBBoxParser(voc_dir, voc_dir / "images")
+    (rec,) = parser.parse()
+    assert rec.num_boxes == 1 and parser.report.dropped == {"inverted": 2}
+    assert any("object 2" in e for e in parser.report.events) and any("object 3" in e for e in parser.report.events)
+
+
+def test_r06_decimal_voc_coordinates_parse_as_floats():
+    parser = VOCBBoxParser(CASES / "R06", CASES / "R06" / "images")
+    (rec,) = parser.parse()
+    np.testing.assert_allclose(rec.boxes, [[10.5, 12.25, 40.75, 30.0], [44.0, 5.70000076293945, 60.0, 20.0]], atol=1e-5)
+
+
+def test_r08_case_variants_are_an_error_not_four_classes():
+    with pytest.raises(DataError, match="differ only by case"):
+        VOCBBoxParser(CASES / "R08", CASES / "R08" / "images").parse()
+    names = json.loads((CASES / "R08" / "class_map.json").read_text())
+    names = names if isinstance(names, list) else list(names.values()) if isinstance(names, dict) else names
+    with pytest.raises(DataError, match="traffic light"):
+        VOCBBoxParser(CASES / "R08", CASES / "R08" / "images", class_map=ClassMap(names)).parse()
+    mapping = {"Traffic Light": "traffic light", "traffic_light": "traffic light"}
+    parser = VOCBBoxParser(CASES / "R08", CASES / "R08" / "images", label_mapping=mapping)
+    (rec,) = parser.parse()
+    assert parser.class_map.names == ["traffic light"] and (rec.labels == 0).all() and rec.num_boxes == 4
+
+
+def test_r11_crowd_missing_iscrowd_and_segmentation_only(caplog):
+    with caplog.at_level(logging.WARNING, logger="fpn_lab.data"):
+        parser = COCOBBoxParser(CASES / "R11" / "annotations.json", CASES / "R11" / "images")
+        crowd, mixed = parser.parse()
+    assert crowd.iscrowd.tolist() == [True] and not crowd.train_mask.any()
+    assert mixed.iscrowd.tolist() == [False, False]
+    np.testing.assert_allclose(mixed.boxes[1], [30, 10, 50, 40])
+    assert "every box is a crowd region" in caplog.text
+
+
+def test_missing_image_is_an_error_naming_it_or_skipped_when_not_strict(tmp_path):
+    ann = {"images": [{"id": 1, "file_name": "missing.png", "width": 10, "height": 10}], "annotations": [],
+           "categories": [{"id": 1, "name": "a"}]}
+    (tmp_path / "a.json").write_text(json.dumps(ann))
+    with pytest.raises(DataError, match="missing.png"):
+        COCOBBoxParser(tmp_path / "a.json", tmp_path).parse()
+    with pytest.raises(DataError, match="no usable image"):
+        COCOBBoxParser(tmp_path / "a.json", tmp_path, strict=False).parse()
+
+
+@pytest.mark.skipif(not (SHARED / "cases").is_dir(), reason="../shared/cases is absent (only in the team's checkouts and CI)")
+def test_shipped_copies_match_shared_cases():
+    for f in (SHARED / "cases").rglob("*"):
+        if f.is_file():
+            assert (CASES / f.relative_to(SHARED / "cases")).read_bytes() == f.read_bytes(), f
