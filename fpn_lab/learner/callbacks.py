@@ -46,7 +46,7 @@ class NonFiniteLossGuard(Callback):
     def after_loss(self):
         if not self.training:
             return
-        loss = float(self.learn.loss)
+        loss = float(self.learn.loss.detach())
         if not math.isfinite(loss):
             lr = self.opt.hypers[-1].get("lr", float("nan")) if self.opt is not None else float("nan")
             saved = f"; the last good weights are in {self.checkpoint}" if self.checkpoint and self.checkpoint.exists() else ""

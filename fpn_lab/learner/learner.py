@@ -26,7 +26,8 @@ def backbone_neck_head_splitter(model) -> list:
     return [params(model.backbone), params(model.neck), params(model.head)]
 
 
-def make_learner(dls, model, class_map, *, opt: str = "adam", wd: float = 0.01, checkpoint=None, cbs=(), **kwargs) -> Learner:
+def make_learner(dls, model, class_map, *, opt: str = "adam", wd: float = 0.01, checkpoint=None, cbs=(),
+                 coco: bool = True, **kwargs) -> Learner:
     """A fastai ``Learner`` training ``model`` with COCO AP and AP50 as metric columns.
 
     Args:
@@ -36,16 +37,17 @@ def make_learner(dls, model, class_map, *, opt: str = "adam", wd: float = 0.01, 
         opt: ``"adam"`` (fastai's Adam, decoupled weight decay) or ``"sgd"`` (momentum 0.9).
         wd: weight decay; never applied to norm layers and biases (fastai ``wd_bn_bias=False``).
         checkpoint: path where :class:`NonFiniteLossGuard` keeps the last good weights.
+        coco: add the COCO AP / AP50 metric columns (computed on every validation pass).
 
     The learner gets ``learn.class_map`` and ``learn.coco`` (the metric accumulator: last
     validation's detections and full COCO result).
     """
     if opt not in OPTIMIZERS:
         raise ValueError(f"opt must be one of {sorted(OPTIMIZERS)}; got {opt!r}.")
-    metrics = coco_metrics()
+    metrics = coco_metrics() if coco else []
     learn = Learner(dls, model, loss_func=detection_loss, opt_func=OPTIMIZERS[opt], wd=wd, metrics=metrics,
                     splitter=backbone_neck_head_splitter, cbs=[MMDetCallback(), NonFiniteLossGuard(checkpoint), *cbs],
                     **kwargs)
     learn.class_map = class_map
-    learn.coco = metrics[0].acc
+    learn.coco = metrics[0].acc if metrics else None
     return learn

@@ -147,3 +147,32 @@ class MMDetModel(nn.Module):
         with torch.no_grad():
             out["predictions"] = self.predict(images, [t["geometry"] for t in targets])
         return out
+
+
+@torch.no_grad()
+def recompute_batchnorm_stats(model: MMDetModel, batches) -> int:
+    """Re-estimate every BatchNorm's running mean/var as the exact average over ``batches``.
+
+    After short trainings (or with a small BN momentum, YOLOX uses 0.03) the running statistics
+    lag behind the weights, so eval-mode predictions are worse than the training loss suggests.
+    This is detectron2's "precise BN": reset, then average the batch statistics of
+    ``(images, targets)`` batches forwarded in training mode (no gradients, weights untouched).
+
+    Returns the number of BatchNorm layers updated.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.training) for m in bns]
+    was_training = model.training
+    model.detector.train()
+    try:
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative moving average = exact mean over the batches seen
+        for images, targets in batches:
+            inputs, samples = model.preprocess(images, targets, training=False)
+            model.detector(inputs, samples, mode="tensor")
+    finally:
+        for m, (momentum, _) in zip(bns, saved):
+            m.momentum = momentum
+        model.train(was_training)
+    return len(bns)

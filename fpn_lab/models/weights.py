@@ -47,24 +47,6 @@ def download_weights(url: str, *, cache_dir: str | Path | None = None) -> Path:
     return path
 
 
-def _allowed_globals() -> list:
-    """Non-tensor objects found in OpenMMLab checkpoints' ``meta`` that are safe to unpickle."""
-    import numpy as np
-
-    allowed = [np.dtype, np.ndarray, type(np.dtype("float32")), type(np.dtype("int64"))]
-    try:
-        allowed.append(np._core.multiarray._reconstruct)
-    except AttributeError:
-        allowed.append(np.core.multiarray._reconstruct)
-    try:
-        from mmengine.logging.history_buffer import HistoryBuffer
-
-        allowed.append(HistoryBuffer)
-    except ImportError:
-        pass
-    return allowed
-
-
 def load_state_dict(path: str | Path) -> dict:
     """Load a checkpoint's weights with ``torch.load(weights_only=True)`` plus an allow-list.
 
@@ -74,7 +56,9 @@ def load_state_dict(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise WeightsUnavailableError(f"weights file not found: {path}.")
-    with torch.serialization.safe_globals(_allowed_globals()):
+    from fpn_lab.mmdet_adapter.safe_load import allowed_globals
+
+    with torch.serialization.safe_globals(allowed_globals()):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(ckpt, dict):
         for key in ("state_dict", "model"):

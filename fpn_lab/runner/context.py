@@ -99,14 +99,16 @@ def set_seed(seed: int) -> None:
 
 
 def library_versions() -> dict:
-    import fastai
-    import mmcv
-    import mmdet
-    import mmengine
-    import torch
+    """Installed versions of the libraries that decide results (from package metadata)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "mmcv": mmcv.__version__,
-            "mmdet": mmdet.__version__, "mmengine": mmengine.__version__, "fastai": fastai.__version__}
+    out = {"python": platform.python_version()}
+    for dist in ("torch", "torchvision", "mmcv", "mmdet", "mmengine", "fastai", "albumentations", "pycocotools"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = None
+    return out
 
 
 def git_commit() -> str | None:

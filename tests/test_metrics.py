@@ -1,0 +1,56 @@
+"""The COCO metric against pycocotools' own semantics, including the R13 edge cases."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from conftest import CASES
+from fpn_lab.core.records import Record
+from fpn_lab.data.parsers import COCOBBoxParser
+from fpn_lab.metrics.coco import coco_evaluate, detections_to_coco
+
+
+def test_ground_truth_fed_as_detections_gives_ap_1(bccd_records):
+    parser, _, test = bccd_records
+    dets = [d for r in test for d in detections_to_coco(r.record_id, r.boxes, np.ones(len(r.boxes)), r.labels)]
+    res = coco_evaluate(test, dets, parser.class_map.names)
+    assert res["AP"] == pytest.approx(1.0) and res["AP50"] == pytest.approx(1.0)
+    assert all(v == pytest.approx(1.0) for v in res["per_class_AP"].values())
+
+
+def test_shifted_detections_lower_ap_as_pycocotools_does(bccd_records):
+    parser, _, test = bccd_records
+    dets = [d for r in test for d in detections_to_coco(r.record_id, r.boxes + 6.0, np.ones(len(r.boxes)), r.labels)]
+    res = coco_evaluate(test, dets, parser.class_map.names)
+    assert 0.0 < res["AP"] < res["AP50"] <= 1.0
+
+
+def test_r13_no_detections_is_zero_not_minus_one():
+    parser = COCOBBoxParser(CASES / "R13" / "gt_one_box.json", CASES / "R13" / "images")
+    records = parser.parse()
+    res = coco_evaluate(records, json.loads((CASES / "R13" / "predictions_empty.json").read_text()), parser.class_map.names)
+    assert res["AP"] == 0.0 and res["AR100"] == 0.0 and res["message"] == "no detections"
+
+
+def test_r13_no_ground_truth_is_nan_with_a_message():
+    parser = COCOBBoxParser(CASES / "R13" / "gt_no_annotations.json", CASES / "R13" / "images")
+    records = parser.parse()
+    res = coco_evaluate(records, json.loads((CASES / "R13" / "predictions_one_fp.json").read_text()), parser.class_map.names)
+    assert math.isnan(res["AP"]) and res["message"] == "no ground-truth boxes"
+
+
+def test_r13_one_false_positive_gives_zero():
+    parser = COCOBBoxParser(CASES / "R13" / "gt_one_box.json", CASES / "R13" / "images")
+    records = parser.parse()
+    far = [{"image_id": 1, "category_id": 1, "bbox": [50, 40, 5, 5], "score": 0.9}]
+    assert coco_evaluate(records, far, parser.class_map.names)["AP"] == 0.0
+
+
+def test_difficult_boxes_are_ignored_not_false_negatives():
+    rec = Record(1, "x.png", 100, 100, [[10, 10, 50, 50], [60, 60, 90, 90]], [0, 0], difficult=[False, True])
+    dets = detections_to_coco(1, np.array([[10, 10, 50, 50]]), np.array([0.9]), np.array([0]))
+    assert coco_evaluate([rec], dets, ["a"])["AP"] == pytest.approx(1.0)

@@ -1,0 +1,98 @@
+"""Every preset builds from scratch, takes a training step with finite losses and predicts."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fpn_lab.data.dataloaders import Dataset, collate
+from fpn_lab.data.transforms import resize_and_pad
+from fpn_lab.errors import WeightsUnavailableError
+from fpn_lab.models.build import build_model
+from fpn_lab.models.registry import get_preset, list_models
+
+HEAVY = ("*r101*", "yolox_l_*", "yolox_x_*")
+SLOW = {n for pat in HEAVY for n in list_models(pat)}
+PARAMS = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in list_models()]
+
+
+def _batch(records, size=64, pad=(114, 114, 114)):
+    ds = Dataset(records, resize_and_pad(size, pad))
+    return collate([ds[i] for i in range(len(ds))])
+
+
+def _step(model, images, targets):
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+    out = model(images, targets)
+    out["loss"].backward()
+    opt.step()
+    return out
+
+
+@pytest.mark.parametrize("name", PARAMS)
+def test_preset_builds_steps_and_predicts(name, bccd_records, no_network):
+    _, train, _ = bccd_records
+    preset = get_preset(name)
+    model = build_model(name, num_classes=3, pretrained=False)
+    images, targets = _batch(train[:2], pad=preset.pad_value)
+    out = _step(model, images, targets)
+    losses = {k: float(v) for k, v in out.items() if k.startswith("loss")}
+    assert len(losses) >= 3 and all(math.isfinite(v) for v in losses.values()), losses
+    model.eval()
+    preds = model.predict(images, [t["geometry"] for t in targets])
+    assert len(preds) == 2 and all(p["boxes"].shape[1] == 4 for p in preds)
+    val = model(images, targets)  # validation: losses without touching BatchNorm statistics
+    assert math.isfinite(float(val["loss"])) and len(val["predictions"]) == 2
+
+
+@pytest.mark.parametrize("selection", [0, 1, 4])
+def test_icevision_selections_train_from_scratch_without_frozen_stages(selection):
+    model = build_model(selection, num_classes=3, pretrained=False)
+    assert all(p.requires_grad for p in model.parameters())
+    backbone = model.cfg.model.backbone
+    assert "init_cfg" not in backbone and backbone.get("frozen_stages", -1) == -1
+    assert backbone.get("norm_eval", False) is False
+
+
+def test_validation_loss_leaves_batchnorm_statistics_alone(bccd_records):
+    _, train, _ = bccd_records
+    model = build_model("retinanet_r18_fpn_1x", num_classes=3)
+    images, targets = _batch(train[:2])
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    model.eval()
+    model(images, targets)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not model.detector.training
+
+
+def test_a_batch_of_only_negative_images_trains(bccd_records):
+    from fpn_lab.core.records import Record
+
+    _, train, _ = bccd_records
+    negatives = [Record(r.record_id, r.filepath, r.height, r.width) for r in train[:2]]
+    for name in ("vfnet_r50_fpn_1x", "retinanet_r18_fpn_1x", "yolox_tiny_pafpn_300e"):
+        out = _step(build_model(name, num_classes=3), *_batch(negatives))
+        assert math.isfinite(float(out["loss"])), name
+
+
+def test_pretrained_offline_fails_at_once_naming_url_and_path(tmp_path, monkeypatch, no_network):
+    monkeypatch.setenv("FPN_LAB_WEIGHTS", str(tmp_path))
+    preset = get_preset("yolox_tiny_pafpn_300e")
+    with pytest.raises(WeightsUnavailableError) as e:
+        build_model(preset.name, num_classes=3, pretrained=True)
+    assert preset.weights_url in str(e.value) and str(tmp_path / preset.weights_filename) in str(e.value)
+
+
+def test_coco_weights_from_a_local_file_skip_class_layers(tmp_path):
+    src = build_model("yolox_tiny_pafpn_300e", num_classes=80)
+    path = tmp_path / "coco_like.pth"
+    torch.save({"state_dict": src.detector.state_dict(), "meta": {"dtype": np.dtype("float32")}}, path)
+    model = build_model("yolox_tiny_pafpn_300e", num_classes=3, weights=path)
+    assert model.skipped_weights and all("conv_cls" in k for k in model.skipped_weights)
+    name = "backbone.stem.conv.conv.weight"
+    assert torch.equal(model.detector.state_dict()[name], src.detector.state_dict()[name])

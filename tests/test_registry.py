@@ -1,0 +1,94 @@
+"""The preset registry and the presets' provenance against the installed mmdet configs and metafiles."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fpn_lab.errors import ModelError
+from fpn_lab.models.registry import get_preset, list_models, register_model, selections
+
+ALL = list_models()
+
+
+def test_icevision_selection_indices():
+    assert selections() == {0: "vfnet_r50_fpn_ms2x", 1: "retinanet_r50_fpn_1x", 4: "yolox_s_pafpn_300e"}
+    assert get_preset("4").name == get_preset(4).name == "yolox_s_pafpn_300e"
+
+
+def test_unknown_index_and_name_are_clear_errors():
+    with pytest.raises(ModelError, match=r"Valid indices: 0 = vfnet_r50_fpn_ms2x"):
+        get_preset(12)
+    with pytest.raises(ModelError, match=r"Did you mean 'retinanet_r50_fpn_1x'"):
+        get_preset("retinanet_r50_fpn_1")
+    with pytest.raises(ModelError, match="boolean"):
+        get_preset(True)
+
+
+def test_duplicate_registration_is_refused():
+    with pytest.raises(ModelError, match="already registered"):
+        register_model(get_preset("yolox_tiny_pafpn_300e"))
+
+
+def test_list_models_filters_with_fnmatch():
+    assert list_models("retinanet*") and all(n.startswith("retinanet") for n in list_models("retinanet*"))
+    assert "yolox_x_pafpn_300e" not in list_models("yolox*", exclude="*_x_*")
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_naming_convention(name):
+    p = get_preset(name)
+    assert re.fullmatch(r"(vfnet|retinanet|yolox)_[a-z0-9-]+_(fpn|pafpn)_[a-z0-9]+", name)
+    assert name.split("_")[-2] == p.neck
+    assert all(get_preset(a) is p for a in p.aliases)
+
+
+def _metafile(arch):
+    from fpn_lab.mmdet_adapter.config import configs_root
+
+    return yaml.safe_load((configs_root() / arch / "metafile.yml").read_text())["Models"]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_provenance_matches_mmdet_metafile_and_config(name):
+    from mmengine.config import Config
+
+    from fpn_lab.mmdet_adapter.config import configs_root
+
+    p = get_preset(name)
+    entry = next(m for m in _metafile(p.arch) if Path(m["Config"]).name == Path(p.config).name)
+    assert entry["Weights"] == p.weights_url
+    ap = next(r["Metrics"]["box AP"] for r in entry["Results"] if r["Task"] == "Object Detection")
+    assert float(ap) == p.coco_box_ap
+    cfg = Config.fromfile(str(configs_root() / p.config))
+    pre = cfg.model.data_preprocessor
+    assert (tuple(pre.get("mean")) if pre.get("mean") else None) == p.mean
+    assert (tuple(pre.get("std")) if pre.get("std") else None) == p.std
+    assert p.bgr == (not pre.get("bgr_to_rgb", False))
+    neck = cfg.model.neck.type
+    assert {"FPN": "fpn", "YOLOXPAFPN": "pafpn"}[neck] == p.neck
+    num_outs = cfg.model.neck.get("num_outs", len(cfg.model.neck.in_channels))
+    assert len(p.levels) == num_outs
+
+
+def test_importing_fpn_lab_does_not_import_mmdet():
+    code = ("import sys, fpn_lab, fpn_lab.models.registry, fpn_lab.models.catalogue, fpn_lab.data.parsers, fpn_lab.cli;"
+            "bad = [m for m in ('mmdet', 'mmengine', 'mmcv') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_only_the_adapter_imports_mmdet_and_mmengine():
+    root = Path(__file__).resolve().parents[1] / "fpn_lab"
+    offenders = []
+    for f in root.rglob("*.py"):
+        if "mmdet_adapter" in f.parts:
+            continue
+        if re.search(r"^\s*(from|import)\s+(mmdet|mmengine|mmcv)\b", f.read_text(), re.M):
+            offenders.append(str(f.relative_to(root)))
+    assert offenders == []

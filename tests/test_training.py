@@ -1,0 +1,108 @@
+"""Training through the fastai Learner: overfitting two images, the NaN guard, checkpoints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from fastai.callback.core import Callback
+
+from conftest import DATA
+from fpn_lab.checkpoint import load_checkpoint, save_checkpoint
+from fpn_lab.data.dataloaders import Dataset, make_dataloaders
+from fpn_lab.data.parsers import VOCBBoxParser
+from fpn_lab.data.transforms import resize_and_pad
+from fpn_lab.errors import DataError, ModelError, TrainingError
+from fpn_lab.evaluation import predict_dataset
+from fpn_lab.inference import predict_images
+from fpn_lab.learner.learner import make_learner
+from fpn_lab.mmdet_adapter.wrapper import recompute_batchnorm_stats
+from fpn_lab.models.build import build_model
+from fpn_lab.runner.context import set_seed
+
+
+@pytest.fixture(scope="module")
+def fridge():
+    parser = VOCBBoxParser(DATA / "fridge" / "annotations", DATA / "fridge" / "images")
+    return parser, parser.parse()
+
+
+def _iou(a, b):
+    x1, y1 = np.maximum(a[:, None, :2], b[None, :, :2]).transpose(2, 0, 1)
+    x2, y2 = np.minimum(a[:, None, 2:], b[None, :, 2:]).transpose(2, 0, 1)
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+    return inter / (area(a)[:, None] + area(b)[None] - inter)
+
+
+def test_overfit_two_images(fridge):
+    parser, records = fridge
+    set_seed(0)
+    recs = records[:2]
+    ds = Dataset(recs, resize_and_pad(128))
+    dls = make_dataloaders(ds, ds, 2)
+    model = build_model("yolox_tiny_pafpn_300e", num_classes=len(parser.class_map))
+    losses = []
+
+    class RawLoss(Callback):  # Recorder.losses are smoothed; keep the raw per-batch loss
+        def after_loss(self):
+            if self.training:
+                losses.append(float(self.learn.loss))
+
+    learn = make_learner(dls, model, parser.class_map, coco=False, wd=0.0, cbs=[RawLoss()])
+    with learn.no_bar(), learn.no_logging():
+        learn.fit_one_cycle(60, 3e-3, pct_start=0.1)
+    assert len(losses) == 60
+    assert np.mean(losses[-5:]) <= 0.5 * np.mean(losses[:5]), (losses[:5], losses[-5:])
+    # 60 steps with YOLOX's BN momentum of 0.03 leave the running statistics behind the weights:
+    # re-estimate them from training batches (precise BN) before predicting in eval mode.
+    recompute_batchnorm_stats(model, [dls.train.one_batch() for _ in range(5)])
+    for rec, pred in zip(recs, predict_dataset(model, ds)):
+        top = pred["scores"] >= 0.05
+        for gt_box, gt_label in zip(rec.boxes, rec.labels):
+            same = top & (pred["labels"] == gt_label)
+            assert same.any() and _iou(gt_box[None], pred["boxes"][same]).max() >= 0.5, (rec.filepath.name, gt_box, pred)
+
+
+def test_batch_size_larger_than_training_set_is_an_error(fridge):
+    _, records = fridge
+    ds = Dataset(records[:3], resize_and_pad(64))
+    with pytest.raises(DataError, match="larger than the training set"):
+        make_dataloaders(ds, ds, 4)
+
+
+def test_last_incomplete_training_batch_is_dropped(fridge):
+    _, records = fridge
+    ds = Dataset(records[:5], resize_and_pad(32))
+    dls = make_dataloaders(ds, ds, 2)
+    assert [len(b[0]) for b in dls.train] == [2, 2]
+    assert [len(b[0]) for b in dls.valid] == [2, 2, 1]
+
+
+def test_nan_loss_stops_with_our_error_and_keeps_the_last_good_checkpoint(fridge, tmp_path):
+    parser, records = fridge
+    ds = Dataset(records[:2], resize_and_pad(64))
+    model = build_model("yolox_tiny_pafpn_300e", num_classes=len(parser.class_map))
+    ckpt = tmp_path / "last_good.pth"
+    learn = make_learner(make_dataloaders(ds, ds, 2), model, parser.class_map, checkpoint=ckpt)
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(1, 1e-4)
+    assert ckpt.exists()
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    with pytest.raises(TrainingError, match=r"epoch 0, batch 0 \(learning rate"), learn.no_bar(), learn.no_logging():
+        learn.fit(1, 1e-4)
+    assert torch.load(ckpt)  # the last good weights survive
+
+
+def test_checkpoint_round_trip_and_class_map_check(fridge, tmp_path):
+    parser, records = fridge
+    model = build_model("yolox_tiny_pafpn_300e", num_classes=len(parser.class_map))
+    path = save_checkpoint(tmp_path / "m.pth", model, parser.class_map, image_size=64)
+    reloaded, info = load_checkpoint(path, class_map=parser.class_map)
+    assert info["preset"] == "yolox_tiny_pafpn_300e" and info["class_names"] == parser.class_map.names
+    a = predict_images(model, [records[0].filepath], image_size=64)[0]
+    b = predict_images(reloaded, [records[0].filepath], image_size=64)[0]
+    np.testing.assert_allclose(a["boxes"], b["boxes"]) and np.testing.assert_allclose(a["scores"], b["scores"])
+    with pytest.raises(ModelError, match=r"trained with classes .* but .* were expected"):
+        load_checkpoint(path, class_map=list(reversed(parser.class_map.names)))
