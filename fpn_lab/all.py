@@ -3,7 +3,7 @@
 Only notebooks use this module; package code imports from the defining modules.
 """
 
-from fpn_lab.checkpoint import load_checkpoint, save_checkpoint
+from fpn_lab.checkpoint import check_reload, load_checkpoint, save_checkpoint
 from fpn_lab.core.class_map import ClassMap
 from fpn_lab.core.records import Record
 from fpn_lab.data.dataloaders import Dataset, make_dataloaders
@@ -13,7 +13,7 @@ from fpn_lab.data.splits import FixedSplitter, RandomSplitter, VOCImageSetSplitt
 from fpn_lab.data.transforms import aug_tfms, resize_and_pad
 from fpn_lab.evaluation import evaluate, history, predict_dataset
 from fpn_lab.inference import predict_images
-from fpn_lab.learner.learner import make_learner
+from fpn_lab.learner.learner import find_lr, make_learner
 from fpn_lab.models.build import build_model, count_parameters
 from fpn_lab.models.catalogue import selection_table
 from fpn_lab.models.registry import get_preset, list_models
@@ -21,8 +21,8 @@ from fpn_lab.runner.context import Run, project_path, set_seed
 from fpn_lab.viz.draw import plot_metrics, show_batch, show_predictions, show_results, show_samples
 
 __all__ = [
-    "ClassMap", "COCOBBoxParser", "Dataset", "FixedSplitter", "RandomSplitter", "Record", "Run", "VOCBBoxParser",
-    "VOCImageSetSplitter", "aug_tfms", "build_model", "count_parameters", "evaluate", "get_preset", "history",
+    "COCOBBoxParser", "ClassMap", "check_reload", "Dataset", "FixedSplitter", "RandomSplitter", "Record", "Run", "VOCBBoxParser",
+    "VOCImageSetSplitter", "aug_tfms", "build_model", "count_parameters", "evaluate", "find_lr", "get_preset", "history",
     "list_models", "load_checkpoint", "load_image", "make_dataloaders", "make_learner", "plot_metrics",
     "predict_dataset", "predict_images", "project_path", "resize_and_pad", "save_checkpoint", "selection_table",
     "set_seed", "show_batch", "show_predictions", "show_results", "show_samples",

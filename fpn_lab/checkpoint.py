@@ -68,3 +68,32 @@ def load_checkpoint(path: str | Path, *, class_map: ClassMap | Sequence[str] | N
     model.eval()
     info = {k: v for k, v in ckpt.items() if k != "state_dict"}
     return model, info
+
+
+def check_reload(model, reloaded, images, *, image_size: int, atol: float = 1e-4) -> int:
+    """Check that ``reloaded`` predicts the same boxes as ``model`` on ``images``; returns the box count.
+
+    Both predict with the score threshold at 0, so even a barely trained model yields boxes to
+    compare (up to the head's ``max_per_img`` per image).
+
+    Raises:
+        ModelError: no box at all, or boxes/scores/labels differ beyond ``atol``.
+    """
+    import numpy as np
+
+    from fpn_lab.inference import predict_images
+    from fpn_lab.mmdet_adapter.wrapper import score_threshold
+
+    with score_threshold(model, 0.0), score_threshold(reloaded, 0.0):
+        a = predict_images(model, images, image_size=image_size)
+        b = predict_images(reloaded, images, image_size=image_size)
+    total = sum(len(p["boxes"]) for p in a)
+    if total == 0:
+        raise ModelError("the model predicts no box at all, so the reload cannot be checked.")
+    for k, (p, q) in enumerate(zip(a, b)):
+        same = (p["labels"].shape == q["labels"].shape and np.array_equal(p["labels"], q["labels"])
+                and np.allclose(p["boxes"], q["boxes"], atol=atol) and np.allclose(p["scores"], q["scores"], atol=atol))
+        if not same:
+            raise ModelError(f"image {k}: the reloaded model predicts {len(q['boxes'])} boxes, the trained one "
+                             f"{len(p['boxes'])}, or they differ beyond {atol}; the checkpoint is not faithful.")
+    return total

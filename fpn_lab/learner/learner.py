@@ -51,3 +51,16 @@ def make_learner(dls, model, class_map, *, opt: str = "adam", wd: float = 0.01, 
     learn.class_map = class_map
     learn.coco = metrics[0].acc if metrics else None
     return learn
+
+
+def find_lr(learn: Learner, num_it: int = 30, show_plot: bool = True) -> float:
+    """fastai's ``lr_find`` for at most ``num_it`` iterations (weights restored); returns the
+    ``valley`` suggestion.
+
+    Raises:
+        ValueError: ``num_it`` < 10 (fastai's valley heuristic needs at least ten points).
+    """
+    if not isinstance(num_it, int) or num_it < 10:
+        raise ValueError(f"lr_find needs at least 10 iterations for its suggestion; got {num_it!r}. "
+                         "Set lr_find_iters >= 10, or lr_find_iters = 0 with a fixed lr to skip it.")
+    return float(learn.lr_find(num_it=num_it, show_plot=show_plot).valley)

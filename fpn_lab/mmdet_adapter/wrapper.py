@@ -8,6 +8,7 @@ normalisation and channel order are exactly mmdet's) and calls the detector in `
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
@@ -176,3 +177,15 @@ def recompute_batchnorm_stats(model: MMDetModel, batches) -> int:
             m.momentum = momentum
         model.train(was_training)
     return len(bns)
+
+
+@contextlib.contextmanager
+def score_threshold(model: MMDetModel, value: float):
+    """Temporarily set the head's test-time ``score_thr`` (e.g. 0.0 to see every kept detection)."""
+    cfg = model.detector.bbox_head.test_cfg
+    old = cfg.get("score_thr")
+    cfg["score_thr"] = value
+    try:
+        yield model
+    finally:
+        cfg["score_thr"] = old

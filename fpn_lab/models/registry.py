@@ -45,12 +45,14 @@ def list_models(include: str = "*", exclude: str | None = None) -> list[str]:
 
 
 def get_preset(selection):
-    """Resolve ``selection``: an IceVision index (int), a preset name or an alias.
+    """Resolve ``selection``: an IceVision index (int), a preset name, an alias or a registered preset.
 
     Raises:
         ModelError: unknown index or name; the message lists valid ones and close matches.
     """
     _ensure_loaded()
+    if getattr(selection, "name", None) in _PRESETS and _PRESETS[selection.name] is selection:
+        return selection  # already a registered Preset
     if isinstance(selection, bool):
         raise ModelError(f"selection must be an int index or a preset name; got the boolean {selection!r}.")
     if isinstance(selection, int):

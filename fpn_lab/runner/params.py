@@ -49,6 +49,7 @@ def notebook_parameters(notebook: str | Path) -> dict[str, dict]:
     if not found:
         raise ParamsError(f"{notebook} has no cell tagged 'parameters'; papermill cannot inject values. "
                           "Tag the cell holding the defaults with 'parameters'.")
+    _check_all_parsed(notebook, found)
     out = {}
     for name, info in found.items():
         try:
@@ -58,6 +59,20 @@ def notebook_parameters(notebook: str | Path) -> dict[str, dict]:
                               "literal; parameters cells must hold plain values.") from None
         out[name] = {"default": default, "type": type(default).__name__, "help": info.get("help", "")}
     return out
+
+
+def _check_all_parsed(notebook, found: dict) -> None:
+    """Papermill skips parameter lines it cannot parse; a skipped parameter would reject valid params."""
+    import nbformat
+
+    nb = nbformat.read(str(notebook), as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", []))
+    names = [t.id for node in ast.parse(cell.source).body if isinstance(node, (ast.Assign, ast.AnnAssign))
+             for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)]
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise ParamsError(f"{notebook}: papermill could not parse the parameters {missing}; keep each on one line "
+                          "as `name = literal  # comment`.")
 
 
 def coerce(name: str, value, default):
