@@ -44,8 +44,8 @@ class NonFiniteLossGuard(Callback):
         self.checkpoint = Path(checkpoint) if checkpoint else None
 
     def after_loss(self):
-        if not self.training:
-            return
+        if not self.training or hasattr(self.learn, "lr_finder"):
+            return  # lr_find stops on divergence by itself
         loss = float(self.learn.loss.detach())
         if not math.isfinite(loss):
             lr = self.opt.hypers[-1].get("lr", float("nan")) if self.opt is not None else float("nan")

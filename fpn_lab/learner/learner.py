@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
 from functools import partial
+from pathlib import Path
 
 import fastai.callback.progress  # noqa: F401  (progress bars and CSV-style table)
 import fastai.callback.schedule  # noqa: F401  (patches Learner.fit_one_cycle, fine_tune, lr_find)
@@ -27,7 +29,7 @@ def backbone_neck_head_splitter(model) -> list:
 
 
 def make_learner(dls, model, class_map, *, opt: str = "adam", wd: float = 0.01, checkpoint=None, cbs=(),
-                 coco: bool = True, **kwargs) -> Learner:
+                 coco: bool = True, path=None, **kwargs) -> Learner:
     """A fastai ``Learner`` training ``model`` with COCO AP and AP50 as metric columns.
 
     Args:
@@ -38,6 +40,8 @@ def make_learner(dls, model, class_map, *, opt: str = "adam", wd: float = 0.01, 
         wd: weight decay; never applied to norm layers and biases (fastai ``wd_bn_bias=False``).
         checkpoint: path where :class:`NonFiniteLossGuard` keeps the last good weights.
         coco: add the COCO AP / AP50 metric columns (computed on every validation pass).
+        path: folder for fastai's own files (``lr_find`` keeps the weights it restores in
+            ``path/models/``); default: a temporary folder, never the current directory.
 
     The learner gets ``learn.class_map`` and ``learn.coco`` (the metric accumulator: last
     validation's detections and full COCO result).
@@ -47,7 +51,7 @@ def make_learner(dls, model, class_map, *, opt: str = "adam", wd: float = 0.01, 
     metrics = coco_metrics() if coco else []
     learn = Learner(dls, model, loss_func=detection_loss, opt_func=OPTIMIZERS[opt], wd=wd, metrics=metrics,
                     splitter=backbone_neck_head_splitter, cbs=[MMDetCallback(), NonFiniteLossGuard(checkpoint), *cbs],
-                    **kwargs)
+                    path=Path(path) if path else Path(tempfile.mkdtemp(prefix="fpn_lab-")), **kwargs)
     learn.class_map = class_map
     learn.coco = metrics[0].acc if metrics else None
     return learn

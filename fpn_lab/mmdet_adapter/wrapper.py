@@ -121,7 +121,17 @@ class MMDetModel(nn.Module):
 
     def _loss(self, images, targets, training: bool) -> dict:
         inputs, samples = self.preprocess(images, targets, training)
-        loss, log_vars = self.detector.parse_losses(self.detector.loss(inputs, samples))
+        try:
+            raw = self.detector.loss(inputs, samples)
+        except RuntimeError:
+            # Diverged weights (e.g. lr_find's highest learning rates) make mmdet's assigners fail on
+            # NaN scores before any loss exists. Report a NaN loss so fastai's LRFinder stops and
+            # fpn_lab's NonFiniteLossGuard names the batch; any other failure is re-raised.
+            if all(torch.isfinite(p).all() for p in self.detector.parameters()):
+                raise
+            nan = torch.full((), float("nan"), requires_grad=True)
+            return {"loss": nan}
+        loss, log_vars = self.detector.parse_losses(raw)
         return {"loss": loss, **{k: v.detach() for k, v in log_vars.items() if k != "loss"}}
 
     def predict(self, images: torch.Tensor, geometries) -> list[dict]:

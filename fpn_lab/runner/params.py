@@ -78,14 +78,23 @@ def _check_all_parsed(notebook, found: dict) -> None:
 def coerce(name: str, value, default):
     """Check ``value`` against the type of ``default``; returns ``(value, note or None)``.
 
-    Rules: int for float is widened; a string that parses as a number for a float/int parameter
-    is converted with a note (YAML 1.1 reads ``1e-3`` as a string); a bool where a str or number
-    is expected is an error (``no``/``yes``/``on``/``off`` are booleans in YAML: quote them); the
-    string ``"None"`` is an error (write ``null``); for ``selection`` an int or a str is accepted.
+    Rules, for the traps of YAML 1.1 (what PyYAML reads):
+
+    * ``null`` is accepted for any parameter; the *string* ``"None"`` is an error (write ``null``).
+    * float parameter: an int is widened; a numeric string (``1e-3`` is a string in YAML 1.1) is
+      converted with a note. int parameter: a numeric string is converted with a note.
+    * a boolean where a string, number or list item is expected is an error (``no``, ``yes``,
+      ``on``, ``off`` are booleans in YAML: quote them).
+    * lists: each item must have the type of the default's items (when the default has items).
+    * ``selection`` takes an int index or a preset name.
     """
+    if value is None:
+        return None, None
     expected = type(default)
-    if isinstance(value, str) and value.strip() in ("None", "none", "~") and expected is not str:
+    if isinstance(value, str) and value.strip() in ("None", "none") and expected is not str:
         raise ParamsError(f"{name}: got the string {value!r}; write null (without quotes) for no value.")
+    if isinstance(value, str) and value.strip() == "None":
+        raise ParamsError(f"{name}: got the string 'None'; write null for no value, or quote another name.")
     if name == "selection" and isinstance(value, (int, str)) and not isinstance(value, bool):
         return value, None
     if expected is bool:
@@ -95,24 +104,31 @@ def coerce(name: str, value, default):
     if isinstance(value, bool):
         raise ParamsError(f"{name}: expected {expected.__name__}, got the boolean {value!r}; YAML reads "
                           "yes/no/on/off/true/false as booleans: quote the value.")
-    if expected is float:
-        if isinstance(value, int):
-            return float(value), None
-        if isinstance(value, str):
-            try:
-                return float(value), f"{name}: converted the string {value!r} to the float {float(value)!r}"
-            except ValueError:
-                pass
-    if expected is int and isinstance(value, str):
+    if expected is float and isinstance(value, int):
+        return float(value), None
+    if expected in (float, int) and isinstance(value, str):
         try:
-            return int(value), f"{name}: converted the string {value!r} to the int {int(value)!r}"
+            converted = expected(value)
         except ValueError:
-            pass
+            raise ParamsError(f"{name}: expected {expected.__name__}, got str {value!r}.") from None
+        return converted, f"{name}: converted the string {value!r} to the {expected.__name__} {converted!r}"
     if expected is int and isinstance(value, float) and value.is_integer():
         return int(value), None
+    if expected is list and isinstance(value, list):
+        return _coerce_list(name, value, default), None
     if default is None or isinstance(value, expected):
         return value, None
     raise ParamsError(f"{name}: expected {expected.__name__} (default {default!r}), got {type(value).__name__} {value!r}.")
+
+
+def _coerce_list(name: str, value: list, default: list) -> list:
+    item_type = type(default[0]) if default else None
+    for i, item in enumerate(value):
+        if isinstance(item, bool) and item_type is not bool:
+            raise ParamsError(f"{name}[{i}] is a boolean ({item!r}); YAML reads yes/no/on/off as booleans: quote it.")
+        if item_type is not None and not isinstance(item, item_type):
+            raise ParamsError(f"{name}[{i}]: expected {item_type.__name__}, got {type(item).__name__} {item!r}.")
+    return value
 
 
 def validate_params(params: dict, notebook: str | Path) -> tuple[dict, list[str]]:

@@ -1,0 +1,55 @@
+"""The getting-started notebook headless through papermill: a smoke run and a failing run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from fpn_lab.errors import ParamsError
+from fpn_lab.runner.papermill_run import run_notebook
+
+pytestmark = pytest.mark.notebook
+
+
+def test_smoke_run_writes_every_artefact(tmp_path):
+    run_dir, ok = run_notebook(ROOT / "params" / "smoke.yaml", runs_dir=tmp_path, echo=False)
+    assert ok, (run_dir / "run.log").read_text()[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "ok" and metrics["preset"] == "yolox_tiny_pafpn_300e"
+    assert set(metrics["metrics"]) >= {"AP", "AP50", "AR100", "per_class_AP"}
+    assert metrics["dataset"]["split"] == {"name": "random", "train": 5, "valid": 1}
+    assert {"setup", "training", "evaluation", "rendering"} <= set(metrics["timing_s"])
+    assert len(metrics["history"]) == 1 and metrics["versions"]["mmdet"] == "3.3.0"
+    preds = json.loads((run_dir / "predictions.json").read_text())
+    assert preds and set(preds[0]) == {"image_id", "category_id", "bbox", "score"}
+    html = (run_dir / "getting_started.html").read_text()
+    assert "data:image/png;base64" in html and "AP50" in html
+    assert (run_dir / "model.pth").exists() and (run_dir / "run.log").stat().st_size > 0
+    again, ok2 = run_notebook(ROOT / "params" / "smoke.yaml", runs_dir=tmp_path, echo=False,
+                              overrides={"run_name": run_dir.name, "epochs": 1, "lr_find_iters": 0})
+    assert ok2 and again != run_dir and again.name == run_dir.name + "-2"  # never overwrites a run
+
+
+def test_failed_run_exits_nonzero_and_keeps_partial_notebook_html_and_log(tmp_path):
+    cmd = [sys.executable, "-m", "fpn_lab.cli", "run", str(ROOT / "params" / "smoke.yaml"), "--set", "selection=2",
+           "--runs-dir", str(tmp_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert out.returncode == 1, out.stdout + out.stderr
+    (run_dir,) = list(tmp_path.iterdir())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and metrics["error"]["ename"] == "ModelError"
+    assert metrics["error"]["cell_index"] >= 1 and "Faster R-CNN" in metrics["error"]["evalue"]
+    assert (run_dir / "getting_started.ipynb").exists() and (run_dir / "getting_started.html").exists()
+    assert "FAILED" in out.stdout
+
+
+def test_bad_params_fail_before_a_run_folder_is_made(tmp_path):
+    with pytest.raises(ParamsError, match="epoch"):
+        run_notebook(overrides={"epoch": 1}, runs_dir=tmp_path, echo=False)
+    with pytest.raises(ParamsError, match="kernel 'no-such-kernel' is not installed"):
+        run_notebook(ROOT / "params" / "smoke.yaml", runs_dir=tmp_path, kernel="no-such-kernel", echo=False)
+    assert not list(tmp_path.iterdir())

@@ -1,0 +1,72 @@
+"""Params files and their validation against a notebook's parameters (../shared/cases R20, R22)."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import CASES, ROOT
+from fpn_lab.errors import ParamsError
+from fpn_lab.runner.params import coerce, load_params_file, notebook_parameters, parse_set, validate_params
+
+NB = ROOT / "notebooks" / "getting_started.ipynb"
+ECHO = CASES / "R22" / "echo_params.ipynb"
+
+
+@pytest.mark.parametrize("name", ["params_empty.yaml", "params_comments_only.yaml"])
+def test_r20_empty_or_comment_only_params_mean_no_overrides(name):
+    assert load_params_file(CASES / "R20" / name) == {}
+
+
+@pytest.mark.parametrize("text, kind", [("- a\n- b\n", "list"), ("3\n", "int"), ("just text\n", "str")])
+def test_params_file_top_level_must_be_a_mapping(tmp_path, text, kind):
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamsError, match=rf"{path.name}.*mapping.*{kind}"):
+        load_params_file(path)
+
+
+def test_r22_yaml_type_traps():
+    raw = load_params_file(CASES / "R22" / "params.yaml")
+    spec = notebook_parameters(ECHO)
+    value, note = coerce("lr", raw["lr"], spec["lr"]["default"])
+    assert value == pytest.approx(1e-3) and isinstance(value, float) and "converted" in note
+    assert coerce("lr_ok", raw["lr_ok"], spec["lr_ok"]["default"]) == (1e-3, None)
+    assert coerce("img_size", raw["img_size"], spec["img_size"]["default"]) == ([384, 384], None)
+    assert coerce("checkpoint", raw["checkpoint"], spec["checkpoint"]["default"]) == (None, None)
+    assert coerce("freeze", raw["freeze"], spec["freeze"]["default"]) == (False, None)
+    assert coerce("class_names", raw["class_names"], spec["class_names"]["default"])[0] == ["cat", "no", "on"]
+    with pytest.raises(ParamsError, match="write null"):
+        coerce("resume", raw["resume"], spec["resume"]["default"])
+    with pytest.raises(ParamsError, match=r"unquoted_classes\[1\] is a boolean.*quote it"):
+        coerce("unquoted_classes", raw["unquoted_classes"], spec["unquoted_classes"]["default"])
+
+
+def test_unknown_key_suggests_the_close_parameter():
+    with pytest.raises(ParamsError, match=r"unknown parameter 'epoch'.*Did you mean 'epochs'"):
+        validate_params({"epoch": 3}, NB)
+
+
+def test_wrong_types_are_caught_before_any_kernel_starts():
+    with pytest.raises(ParamsError, match="image_size: expected int"):
+        validate_params({"image_size": [320, 320]}, NB)
+    with pytest.raises(ParamsError, match="data_dir: expected str, got the boolean"):
+        validate_params({"data_dir": False}, NB)
+    params, notes = validate_params({"selection": 4, "lr": "3e-3", "epochs": 2.0}, NB)
+    assert params == {"selection": 4, "lr": 0.003, "epochs": 2} and len(notes) == 1
+
+
+def test_notebook_without_parameters_cell_is_an_error(tmp_path):
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")])
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, str(path))
+    with pytest.raises(ParamsError, match="no cell tagged 'parameters'"):
+        notebook_parameters(path)
+
+
+def test_set_values_are_read_as_yaml_scalars():
+    assert parse_set(["epochs=3", "lr=0.001", "selection=retinanet_r18_fpn_1x"]) == {
+        "epochs": 3, "lr": 0.001, "selection": "retinanet_r18_fpn_1x"}
+    with pytest.raises(ParamsError, match="key=value"):
+        parse_set(["epochs"])
