@@ -120,3 +120,30 @@ def test_shipped_copies_match_shared_cases():
     for f in (SHARED / "cases").rglob("*"):
         if f.is_file():
             assert (CASES / f.relative_to(SHARED / "cases")).read_bytes() == f.read_bytes(), f
+
+
+def test_coco_category_ids_with_gaps_and_string_image_ids(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
+    ann = {"images": [{"id": "img-a", "file_name": "a.png", "width": 40, "height": 30}],
+           "annotations": [{"id": 1, "image_id": "img-a", "category_id": 17, "bbox": [1, 1, 5, 5]},
+                           {"id": 2, "image_id": "img-a", "category_id": 3, "bbox": [10, 10, 5, 5]}],
+           "categories": [{"id": 17, "name": "z"}, {"id": 3, "name": "y"}]}
+    (tmp_path / "a.json").write_text(json.dumps(ann))
+    parser = COCOBBoxParser(tmp_path / "a.json", tmp_path)
+    (rec,) = parser.parse()
+    assert parser.class_map.names == ["y", "z"] and rec.labels.tolist() == [1, 0] and rec.record_id == 0
+
+
+def test_voc_missing_size_uses_the_real_image_size(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
+    (tmp_path / "a.xml").write_text("<annotation><filename>a.png</filename><object><name>x</name>"
+                                    "<bndbox><xmin>1</xmin><ymin>2</ymin><xmax>50</xmax><ymax>20</ymax></bndbox>"
+                                    "</object></annotation>")
+    parser = VOCBBoxParser(tmp_path, tmp_path)
+    (rec,) = parser.parse()
+    assert (rec.height, rec.width) == (30, 40) and parser.report.size_fixed == 1
+    np.testing.assert_allclose(rec.boxes, [[1, 2, 40, 20]]) and parser.report.clipped == 1

@@ -106,3 +106,16 @@ def test_checkpoint_round_trip_and_class_map_check(fridge, tmp_path):
     np.testing.assert_allclose(a["boxes"], b["boxes"]) and np.testing.assert_allclose(a["scores"], b["scores"])
     with pytest.raises(ModelError, match=r"trained with classes .* but .* were expected"):
         load_checkpoint(path, class_map=list(reversed(parser.class_map.names)))
+
+
+def test_batch_of_one_at_32px_is_refused_clearly_and_small_batches_warn(fridge):
+    parser, records = fridge
+    model = build_model("yolox_tiny_pafpn_300e", num_classes=len(parser.class_map))
+    ds = Dataset(records[:3], resize_and_pad(32))
+    with pytest.raises(DataError, match="single value per channel"):
+        make_learner(make_dataloaders(ds, ds, 1), model, parser.class_map)
+    ds64 = Dataset(records[:3], resize_and_pad(64))
+    with pytest.warns(UserWarning, match="batch_size 1 < 4"):
+        learn = make_learner(make_dataloaders(ds64, ds64, 1), model, parser.class_map)
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(1, 1e-4)  # three single-image batches train

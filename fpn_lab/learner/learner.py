@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import tempfile
+import warnings
 from functools import partial
 from pathlib import Path
 
@@ -11,7 +13,9 @@ import fastai.callback.schedule  # noqa: F401  (patches Learner.fit_one_cycle, f
 from fastai.learner import Learner
 from fastai.optimizer import SGD, Adam
 from fastai.torch_core import params
+from torch import nn
 
+from fpn_lab.errors import DataError
 from fpn_lab.learner.callbacks import MMDetCallback, NonFiniteLossGuard
 from fpn_lab.learner.metrics import coco_metrics
 
@@ -46,6 +50,7 @@ def make_learner(dls, model, class_map, *, opt: str = "adam", wd: float = 0.01, 
     The learner gets ``learn.class_map`` and ``learn.coco`` (the metric accumulator: last
     validation's detections and full COCO result).
     """
+    check_batch_for_batchnorm(model, dls.train.bs, _input_size(dls.train.dataset))
     if opt not in OPTIMIZERS:
         raise ValueError(f"opt must be one of {sorted(OPTIMIZERS)}; got {opt!r}.")
     metrics = coco_metrics() if coco else []
@@ -68,3 +73,29 @@ def find_lr(learn: Learner, num_it: int = 30, show_plot: bool = True) -> float:
         raise ValueError(f"lr_find needs at least 10 iterations for its suggestion; got {num_it!r}. "
                          "Set lr_find_iters >= 10, or lr_find_iters = 0 with a fixed lr to skip it.")
     return float(learn.lr_find(num_it=num_it, show_plot=show_plot).valley)
+
+
+def _input_size(dataset) -> int:
+    tfms = dataset.tfms
+    return getattr(tfms, "letterbox", tfms).size
+
+
+def check_batch_for_batchnorm(model, batch_size: int, image_size: int) -> None:
+    """Warn for small BatchNorm batches; refuse batches that give BatchNorm one value per channel.
+
+    The coarsest BatchNorm layers of every preset's backbone sit at stride 32, where an input of
+    ``image_size`` pixels leaves ``ceil(image_size / 32)**2`` positions per image.
+
+    Raises:
+        DataError: ``batch_size * positions < 2``: training would fail inside torch with
+            "Expected more than 1 value per channel".
+    """
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return
+    positions = math.ceil(image_size / 32) ** 2
+    if batch_size * positions < 2:
+        raise DataError(f"batch_size {batch_size} at image_size {image_size} leaves BatchNorm a single value per "
+                        f"channel at stride 32; use batch_size >= 2 or image_size >= 64.")
+    if batch_size < 4:
+        warnings.warn(f"batch_size {batch_size} < 4 with a BatchNorm model: its batch statistics will be noisy; "
+                      "prefer 4 or more images per batch.", stacklevel=3)

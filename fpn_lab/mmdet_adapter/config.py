@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 
 from fpn_lab.errors import ModelError
+from fpn_lab.mmdet_adapter.necks import set_neck
 
 
 def configs_root() -> Path:
@@ -19,7 +20,8 @@ def configs_root() -> Path:
     return root
 
 
-def load_config(preset, *, num_classes: int, pretrained: str = "none"):
+def load_config(preset, *, num_classes: int, pretrained: str = "none", neck: str | None = None,
+                neck_args: dict | None = None):
     """The preset's mmdet config with ``num_classes`` set and pretrained ``init_cfg`` handled.
 
     Args:
@@ -29,6 +31,7 @@ def load_config(preset, *, num_classes: int, pretrained: str = "none"):
             stages and keeps BatchNorm in train mode (training from scratch); ``"imagenet"``
             keeps the config's backbone ``init_cfg``; ``"coco"`` removes it (the whole detector's
             weights are loaded afterwards).
+        neck, neck_args: replace or re-parameterise the neck (see :func:`.necks.set_neck`).
 
     Returns:
         ``mmengine.Config``.
@@ -40,6 +43,7 @@ def load_config(preset, *, num_classes: int, pretrained: str = "none"):
         raise ModelError(f"preset {preset.name!r} names mmdet config {preset.config!r}, which is not in {configs_root()}.")
     cfg = Config.fromfile(str(path))
     set_num_classes(cfg, num_classes)
+    set_neck(cfg, preset, neck, **(neck_args or {}))
     # fpn_lab does its own multi-scale augmentation; mmdet's batch-level random resize (YOLOX's
     # BatchSyncRandomResize to 320..800 px every 10 iterations) would change the input size.
     cfg.model.data_preprocessor.pop("batch_augments", None)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from fpn_lab.mmdet_adapter.config import load_config
+from fpn_lab.mmdet_adapter.necks import level_names, neck_strides
 
 
 def _register() -> None:
@@ -23,7 +24,8 @@ def _register() -> None:
     register_all_modules(init_default_scope=True)
 
 
-def build_detector(preset, *, num_classes: int, pretrained: str = "none") -> MMDetModel:
+def build_detector(preset, *, num_classes: int, pretrained: str = "none", neck: str | None = None,
+                   neck_args: dict | None = None) -> MMDetModel:
     """Build ``preset`` for ``num_classes`` classes, with initial weights per ``pretrained``.
 
     ``init_weights()`` is always called, so heads start with their prior-probability bias
@@ -35,7 +37,7 @@ def build_detector(preset, *, num_classes: int, pretrained: str = "none") -> MMD
 
     from mmengine.logging import MMLogger
 
-    cfg = load_config(preset, num_classes=num_classes, pretrained=pretrained)
+    cfg = load_config(preset, num_classes=num_classes, pretrained=pretrained, neck=neck, neck_args=neck_args)
     detector = MODELS.build(cfg.model)
     logger = MMLogger.get_current_instance()
     level = logger.level
@@ -77,6 +79,11 @@ class MMDetModel(nn.Module):
     def __init__(self, detector: nn.Module, preset, cfg):
         super().__init__()
         self.detector, self.preset, self.cfg = detector, preset, cfg
+
+    @property
+    def levels(self) -> tuple[str, ...]:
+        """Feature levels the neck gives the head, e.g. ``("P3", "P4", "P5")``."""
+        return level_names(neck_strides(self.cfg))
 
     @property
     def backbone(self) -> nn.Module:

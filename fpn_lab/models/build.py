@@ -24,7 +24,8 @@ def normalize_pretrained(pretrained) -> str:
     raise ModelError(f"pretrained must be one of {PRETRAINED} (or True/False); got {pretrained!r}.")
 
 
-def build_model(selection, *, num_classes: int, pretrained=False, weights: str | Path | None = None):
+def build_model(selection, *, num_classes: int, pretrained=False, weights: str | Path | None = None,
+                neck: str | None = None, neck_args: dict | None = None):
     """Build a detector from the catalogue.
 
     Args:
@@ -36,6 +37,9 @@ def build_model(selection, *, num_classes: int, pretrained=False, weights: str |
             weights for the preset (downloaded into the weights cache), re-initialising the
             class-dependent layers when ``num_classes`` differs from COCO's 80.
         weights: a local checkpoint to load instead of downloading (implies COCO-style loading).
+        neck: ``"fpn"``, ``"pafpn"`` or ``"nasfpn"`` to replace the preset's neck; ``neck_args``
+            overrides FPN arguments (``out_channels``, ``start_level``, ``add_extra_convs``,
+            ``num_outs``, ``relu_before_extra_convs``). Conflicts with the head are errors.
 
     Returns:
         :class:`~fpn_lab.mmdet_adapter.wrapper.MMDetModel`; ``model.skipped_weights`` lists the
@@ -45,7 +49,7 @@ def build_model(selection, *, num_classes: int, pretrained=False, weights: str |
 
     preset = get_preset(selection)
     mode = "coco" if weights is not None else normalize_pretrained(pretrained)
-    model = build_detector(preset, num_classes=num_classes, pretrained=mode)
+    model = build_detector(preset, num_classes=num_classes, pretrained=mode, neck=neck or None, neck_args=neck_args)
     model.skipped_weights = []
     if mode == "coco":
         path = Path(weights) if weights is not None else download_weights(preset.weights_url)
