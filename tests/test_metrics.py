@@ -54,3 +54,21 @@ def test_difficult_boxes_are_ignored_not_false_negatives():
     rec = Record(1, "x.png", 100, 100, [[10, 10, 50, 50], [60, 60, 90, 90]], [0, 0], difficult=[False, True])
     dets = detections_to_coco(1, np.array([[10, 10, 50, 50]]), np.array([0.9]), np.array([0]))
     assert coco_evaluate([rec], dets, ["a"])["AP"] == pytest.approx(1.0)
+
+
+def test_evaluate_writes_coco_results_in_original_pixels(bccd_records):
+    from fpn_lab.data.dataloaders import Dataset
+    from fpn_lab.data.transforms import resize_and_pad
+    from fpn_lab.evaluation import evaluate
+    from fpn_lab.mmdet_adapter.wrapper import score_threshold
+    from fpn_lab.models.build import build_model
+
+    parser, _, test = bccd_records
+    model = build_model("yolox_tiny_pafpn_300e", num_classes=3)
+    with score_threshold(model, 0.0):
+        result, dets = evaluate(model, Dataset(test[:2], resize_and_pad(128)), parser.class_map.names)
+    assert dets and {d["image_id"] for d in dets} <= {r.record_id for r in test[:2]}
+    assert all(set(d) == {"image_id", "category_id", "bbox", "score"} and 1 <= d["category_id"] <= 3 for d in dets)
+    boxes = np.array([d["bbox"] for d in dets])
+    assert (boxes[:, 0] + boxes[:, 2] <= 640 + 1e-3).all() and (boxes[:, 1] + boxes[:, 3] <= 480 + 1e-3).all()
+    assert 0.0 <= result["AP"] <= 1.0

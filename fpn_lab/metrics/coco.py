@@ -10,6 +10,7 @@ not the same as, VOC's rule for difficult objects (standard IoU, any overlap >= 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import math
 from collections.abc import Sequence
@@ -78,7 +79,7 @@ def coco_evaluate(records: Sequence[Record], detections: list[dict], class_names
         coco_gt = COCO()
         coco_gt.dataset = gt
         coco_gt.createIndex()
-        coco_dt = coco_gt.loadRes(detections)
+        coco_dt = coco_gt.loadRes(copy.deepcopy(detections))  # loadRes adds keys to the dicts it is given
         ev = COCOeval(coco_gt, coco_dt, iouType="bbox")
         ev.evaluate()
         ev.accumulate()

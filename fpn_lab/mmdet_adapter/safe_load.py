@@ -7,14 +7,16 @@ a checkpoint cannot run arbitrary code on load (no blanket ``weights_only=False`
 
 from __future__ import annotations
 
+import importlib
+
 
 def allowed_globals() -> list:
     import numpy as np
 
     allowed = [np.dtype, np.ndarray, type(np.dtype("float32")), type(np.dtype("float64")), type(np.dtype("int64"))]
-    core = getattr(np, "_core", None) or np.core
-    allowed.append(core.multiarray._reconstruct)
-    allowed.append(core.multiarray.scalar)
+    multiarray = importlib.import_module("numpy.core.multiarray" if np.__version__.startswith("1.")
+                                         else "numpy._core.multiarray")
+    allowed += [multiarray._reconstruct, multiarray.scalar]
     from mmengine.logging.history_buffer import HistoryBuffer
 
     allowed.append(HistoryBuffer)
