@@ -40,8 +40,10 @@ def make_learner(dls, model, class_map, *, opt: str = "adam", wd: float = 0.01, 
         dls: from :func:`~fpn_lab.data.dataloaders.make_dataloaders`.
         model: :class:`~fpn_lab.mmdet_adapter.wrapper.MMDetModel`.
         class_map: the dataset's :class:`~fpn_lab.core.class_map.ClassMap` (names per label).
-        opt: ``"adam"`` (fastai's Adam, decoupled weight decay) or ``"sgd"`` (momentum 0.9).
-        wd: weight decay; never applied to norm layers and biases (fastai ``wd_bn_bias=False``).
+        opt: ``"adam"`` (fastai's Adam, decoupled weight decay), ``"sgd"`` (momentum 0.9) or
+            ``"recipe"``: the preset's mmdet recipe (:func:`recipe_settings`; ``wd`` is then the
+            recipe's).
+        wd: weight decay; not applied to norm layers and biases (fastai ``wd_bn_bias=False``).
         checkpoint: path where :class:`NonFiniteLossGuard` keeps the last good weights.
         coco: add the COCO AP / AP50 metric columns (computed on every validation pass).
         path: folder for fastai's own files (``lr_find`` keeps the weights it restores in
@@ -51,10 +53,17 @@ def make_learner(dls, model, class_map, *, opt: str = "adam", wd: float = 0.01, 
     validation's detections and full COCO result).
     """
     check_batch_for_batchnorm(model, dls.train.bs, _input_size(dls.train.dataset))
-    if opt not in OPTIMIZERS:
-        raise ValueError(f"opt must be one of {sorted(OPTIMIZERS)}; got {opt!r}.")
+    cbs = list(cbs)
+    if opt == "recipe":
+        opt_func, wd, wd_bn_bias, extra = recipe_settings(model.recipe)
+        kwargs.setdefault("wd_bn_bias", wd_bn_bias)
+        cbs += extra
+    elif opt in OPTIMIZERS:
+        opt_func = OPTIMIZERS[opt]
+    else:
+        raise ValueError(f"opt must be one of {sorted(OPTIMIZERS) + ['recipe']}; got {opt!r}.")
     metrics = coco_metrics() if coco else []
-    learn = Learner(dls, model, loss_func=detection_loss, opt_func=OPTIMIZERS[opt], wd=wd, metrics=metrics,
+    learn = Learner(dls, model, loss_func=detection_loss, opt_func=opt_func, wd=wd, metrics=metrics,
                     splitter=backbone_neck_head_splitter, cbs=[MMDetCallback(), NonFiniteLossGuard(checkpoint), *cbs],
                     path=Path(path) if path else Path(tempfile.mkdtemp(prefix="fpn_lab-")), **kwargs)
     learn.class_map = class_map
@@ -99,3 +108,23 @@ def check_batch_for_batchnorm(model, batch_size: int, image_size: int) -> None:
     if batch_size < 4:
         warnings.warn(f"batch_size {batch_size} < 4 with a BatchNorm model: its batch statistics will be noisy; "
                       "prefer 4 or more images per batch.", stacklevel=3)
+
+
+def recipe_settings(recipe) -> tuple:
+    """fastai settings for an mmdet :class:`~fpn_lab.models.recipe.Recipe`.
+
+    Returns ``(opt_func, wd, wd_bn_bias, callbacks)``: SGD with the recipe's momentum and L2
+    weight decay (mmdet's SGD couples decay into the gradient; fastai ``decouple_wd=False``) or
+    Adam(W) with decoupled decay; weight decay on norms and biases unless the recipe zeroes it;
+    fastai's ``GradientClip`` for ``clip_grad``. The learning rate and schedule stay the caller's
+    (``fit_one_cycle``); use ``recipe.scaled_lr(batch_size)`` for mmdet's scaled rate.
+    """
+    from fastai.callback.training import GradientClip
+
+    if recipe.optimizer.upper() == "SGD":
+        opt_func = partial(SGD, mom=recipe.momentum or 0.0, decouple_wd=False)
+    else:
+        opt_func = partial(Adam, decouple_wd=True)
+    wd_bn_bias = not (recipe.norm_decay_mult == 0 or recipe.bias_decay_mult == 0)
+    cbs = [GradientClip(recipe.grad_clip_max_norm)] if recipe.grad_clip_max_norm else []
+    return opt_func, recipe.weight_decay, wd_bn_bias, cbs

@@ -81,6 +81,13 @@ class MMDetModel(nn.Module):
         self.detector, self.preset, self.cfg = detector, preset, cfg
 
     @property
+    def recipe(self):
+        """The training recipe of the preset's mmdet config (:class:`~fpn_lab.models.recipe.Recipe`)."""
+        from fpn_lab.mmdet_adapter.recipe import recipe_from_config
+
+        return recipe_from_config(self.cfg)
+
+    @property
     def levels(self) -> tuple[str, ...]:
         """Feature levels the neck gives the head, e.g. ``("P3", "P4", "P5")``."""
         return level_names(neck_strides(self.cfg))

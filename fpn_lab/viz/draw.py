@@ -104,3 +104,43 @@ def plot_metrics(recorder, metric_names: Sequence[str] = ("AP", "AP50")):
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def show_fpn_features(model, dataset, index: int = 0, class_names: Sequence[str] = ()):
+    """Draw the neck's outputs (P3..P7, or whatever levels it gives) for one image of ``dataset``.
+
+    One panel per level: the per-pixel L2 norm over channels, all levels on one shared colour
+    scale, titled with the level, its stride and spatial size. Beside them, the letterboxed input
+    with its ground-truth boxes. Each box is also drawn on the level the model's own training
+    assigner gives it (:func:`fpn_lab.mmdet_adapter.features.assigned_levels`), so one sees fine
+    levels taking small objects and coarse levels large ones.
+    """
+    from fpn_lab.data.dataloaders import collate
+    from fpn_lab.mmdet_adapter.features import assigned_levels, neck_features
+
+    images, targets = collate([dataset[index]])
+    was_training = model.training
+    feats = neck_features(model, images, targets)
+    levels = assigned_levels(model, images, targets)[0]
+    model.train(was_training)
+    norms = [f[0].float().norm(dim=0).cpu().numpy() for f in feats]
+    vmax = max(float(n.max()) for n in norms)
+    names = model.levels
+    side = images.shape[-1]
+    fig, axes = plt.subplots(1, len(feats) + 1, figsize=(3.0 * (len(feats) + 1), 3.4))
+    t = targets[0]
+    boxes, labels = t["boxes"].numpy(), t["labels"].numpy()
+    draw_boxes(axes[0], images[0].permute(1, 2, 0).numpy(), boxes, labels, class_names or [str(i) for i in range(99)],
+               title=f"input {side}x{side}")
+    for k, (ax, n) in enumerate(zip(axes[1:], norms)):
+        im = ax.imshow(n, cmap="viridis", vmin=0, vmax=vmax)
+        stride = side / n.shape[1]
+        for b, lab in zip(boxes[levels == k], labels[levels == k]):
+            s = b / stride - 0.5
+            ax.add_patch(Rectangle((s[0], s[1]), s[2] - s[0], s[3] - s[1], fill=False,
+                                   edgecolor=COLORS[int(lab) % len(COLORS)], linewidth=1.2))
+        ax.set_title(f"{names[k]}: stride {stride:g}, {n.shape[1]}x{n.shape[0]}\n{int((levels == k).sum())} boxes assigned",
+                     fontsize=8)
+        ax.axis("off")
+    fig.colorbar(im, ax=list(axes[1:]), shrink=0.7, label="L2 norm over channels")
+    return fig

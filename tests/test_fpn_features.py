@@ -1,0 +1,37 @@
+"""FPN feature maps per level and the level each box is assigned to."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from fpn_lab.data.dataloaders import Dataset, collate  # noqa: E402
+from fpn_lab.data.transforms import resize_and_pad  # noqa: E402
+from fpn_lab.mmdet_adapter.features import assigned_levels, neck_features  # noqa: E402
+from fpn_lab.models.build import build_model  # noqa: E402
+from fpn_lab.viz.draw import show_fpn_features  # noqa: E402
+
+
+@pytest.mark.parametrize("name", ["retinanet_r18_fpn_1x", "vfnet_r50_fpn_1x", "yolox_tiny_pafpn_300e"])
+def test_levels_and_assignment(name, bccd_records):
+    parser, train, _ = bccd_records
+    model = build_model(name, num_classes=3)
+    ds = Dataset(train[:1], resize_and_pad(256))
+    images, targets = collate([ds[0]])
+    feats = neck_features(model, images, targets)
+    assert [f.shape[-1] for f in feats] == [256 // 2 ** int(p[1:]) for p in model.levels]
+    (levels,) = assigned_levels(model, images, targets)
+    assert levels.shape == (len(targets[0]["boxes"]),) and ((levels >= -1) & (levels < len(feats))).all()
+    if name == "retinanet_r18_fpn_1x":  # MaxIoU on anchors: bigger boxes land on coarser levels
+        sizes = np.sqrt(np.prod(targets[0]["boxes"].numpy()[:, 2:] - targets[0]["boxes"].numpy()[:, :2], axis=1))
+        wbc = targets[0]["labels"].numpy() == parser.class_map.index("WBC")
+        plt_ = targets[0]["labels"].numpy() == parser.class_map.index("Platelets")
+        if wbc.any() and plt_.any():
+            assert levels[wbc].max() > levels[plt_].min()
+        assert np.corrcoef(sizes[levels >= 0], levels[levels >= 0])[0, 1] > 0.5
+    fig = show_fpn_features(model, ds, 0, parser.class_map.names)
+    assert len(fig.axes) == len(feats) + 2  # input, one panel per level, colour bar
