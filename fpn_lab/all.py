@@ -17,15 +17,15 @@ from fpn_lab.learner.learner import find_lr, make_learner
 from fpn_lab.models.build import build_model, count_parameters
 from fpn_lab.models.catalogue import selection_table
 from fpn_lab.models.registry import get_preset, list_models
-from fpn_lab.runner.context import Run, project_path, set_seed
+from fpn_lab.runner.context import Run, display_path, project_path, set_seed, write_json_atomic
 from fpn_lab.viz.draw import (
     plot_metrics, show_batch, show_fpn_features, show_predictions, show_results, show_samples,
 )
 
 __all__ = [
     "COCOBBoxParser", "ClassMap", "check_reload", "Dataset", "FixedSplitter", "RandomSplitter", "Record", "Run", "VOCBBoxParser",
-    "VOCImageSetSplitter", "aug_tfms", "build_model", "count_parameters", "evaluate", "find_lr", "get_preset", "history",
+    "VOCImageSetSplitter", "aug_tfms", "build_model", "count_parameters", "display_path", "evaluate", "find_lr", "get_preset", "history",
     "list_models", "load_checkpoint", "load_image", "make_dataloaders", "make_learner", "plot_metrics",
     "predict_dataset", "predict_images", "project_path", "resize_and_pad", "save_checkpoint", "selection_table",
-    "set_seed", "show_batch", "show_fpn_features", "show_predictions", "show_results", "show_samples",
+    "set_seed", "show_batch", "show_fpn_features", "show_predictions", "show_results", "show_samples", "write_json_atomic",
 ]

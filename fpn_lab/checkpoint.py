@@ -2,7 +2,7 @@
 
 A checkpoint is a dict loadable with ``torch.load(path)`` under torch's default
 ``weights_only=True``: ``state_dict`` (tensors), ``preset`` (name), ``class_names`` (list),
-``image_size`` (int), ``pad_position``, ``config`` (the resolved mmdet config as nested
+``image_size`` (int), ``pad_position``, ``neck`` and ``neck_args`` (the neck choice), ``config`` (the resolved mmdet config as nested
 dicts/lists) and ``fpn_lab_version``.
 """
 
@@ -30,7 +30,7 @@ def save_checkpoint(path: str | Path, model, class_map: ClassMap, *, image_size:
     path.parent.mkdir(parents=True, exist_ok=True)
     ckpt = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "preset": model.preset.name, "class_names": list(class_map.names), "image_size": int(image_size),
-            "pad_position": pad_position, "config": _plain(model.cfg.to_dict()), "fpn_lab_version": __version__}
+            "pad_position": pad_position, **getattr(model, "neck_choice", {}), "config": _plain(model.cfg.to_dict()), "fpn_lab_version": __version__}
     tmp = path.with_name(path.name + ".tmp")
     torch.save(ckpt, tmp)
     tmp.replace(path)
@@ -63,7 +63,8 @@ def load_checkpoint(path: str | Path, *, class_map: ClassMap | Sequence[str] | N
         if expected != saved:
             raise ModelError(f"checkpoint {path} was trained with classes {saved} but {expected} were expected; "
                              "use the same class map (order matters) or retrain.")
-    model = build_model(ckpt["preset"], num_classes=len(saved), pretrained=False)
+    model = build_model(ckpt["preset"], num_classes=len(saved), pretrained=False, neck=ckpt.get("neck"),
+                        neck_args=ckpt.get("neck_args"))
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
     info = {k: v for k, v in ckpt.items() if k != "state_dict"}

@@ -13,11 +13,19 @@ def _run(args) -> int:
     from fpn_lab.runner.params import parse_set
 
     kwargs = {"overrides": parse_set(args.set), "runs_dir": args.runs_dir, "kernel": args.kernel,
-              "timeout": args.timeout}
+              "timeout": args.timeout, "hide_input": args.hide_input}
     if args.notebook:
         kwargs["notebook"] = args.notebook
     _, ok = run_notebook(args.params, **kwargs)
     return 0 if ok else 1
+
+
+def _batch(args) -> int:
+    from fpn_lab.runner.batch import parse_gates, run_batch
+
+    _, code = run_batch(args.params, jobs=args.jobs, name=args.name, overrides=args.set or [], runs_dir=args.runs_dir,
+                        gates=parse_gates(args.min), timeout=args.timeout)
+    return code
 
 
 def _params(args) -> int:
@@ -38,7 +46,18 @@ def main(argv=None) -> int:
     run.add_argument("--runs-dir", default="runs")
     run.add_argument("--kernel", default="fpn-lab", help="Jupyter kernel name (default fpn-lab)")
     run.add_argument("--timeout", type=float, default=None, help="per-cell timeout in seconds")
+    run.add_argument("--hide-input", action="store_true", help="render the HTML without code cells' input")
     run.set_defaults(func=_run)
+    bat = sub.add_parser("batch", help="run several params files, then write a comparison page and CSV")
+    bat.add_argument("params", nargs="+", help="params YAML files (one run each, named after the file)")
+    bat.add_argument("--jobs", type=int, default=1, help="runs at a time; each gets cores/jobs threads")
+    bat.add_argument("--name", help="batch folder name under --runs-dir (default batch-<timestamp>)")
+    bat.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a parameter in every run")
+    bat.add_argument("--min", action="append", metavar="KEY=VALUE",
+                     help="regression gate, e.g. --min AP50=0.7: exit 1 when a run falls below")
+    bat.add_argument("--runs-dir", default="runs")
+    bat.add_argument("--timeout", type=float, default=None, help="per-run timeout in seconds")
+    bat.set_defaults(func=_batch)
     par = sub.add_parser("params", help="list a notebook's parameters with types and defaults")
     par.add_argument("notebook", nargs="?", default="notebooks/getting_started.ipynb")
     par.set_defaults(func=_params)

@@ -119,3 +119,11 @@ def test_batch_of_one_at_32px_is_refused_clearly_and_small_batches_warn(fridge):
         learn = make_learner(make_dataloaders(ds64, ds64, 1), model, parser.class_map)
     with learn.no_bar(), learn.no_logging():
         learn.fit(1, 1e-4)  # three single-image batches train
+
+
+def test_checkpoint_keeps_the_neck_choice(fridge, tmp_path):
+    parser, records = fridge
+    model = build_model("yolox_tiny_pafpn_300e", num_classes=len(parser.class_map), neck="fpn")
+    path = save_checkpoint(tmp_path / "m.pth", model, parser.class_map, image_size=64)
+    reloaded, info = load_checkpoint(path)
+    assert info["neck"] == "fpn" and type(reloaded.neck).__name__ == "FPN"

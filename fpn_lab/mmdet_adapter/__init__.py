@@ -6,11 +6,3 @@
   ``nn.Module`` taking fpn_lab batches and returning losses or predictions as plain tensors.
 """
 
-import warnings as _warnings
-
-# Deprecation noise from mmdet 3.3 / mmcv 2.1 on torch 2.14 (their code, not the user's): keep
-# notebooks and logs readable. Filters match these exact messages only.
-for _msg in (r"`torch\.cuda\.amp\.autocast\(args\.\.\.\)` is deprecated",
-             r"torch\.meshgrid: in an upcoming release",
-             r"`torch\.jit\.script` is deprecated"):
-    _warnings.filterwarnings("ignore", message=_msg)

@@ -46,7 +46,9 @@ def build_detector(preset, *, num_classes: int, pretrained: str = "none", neck: 
         detector.init_weights()
     finally:
         logger.setLevel(level)
-    return MMDetModel(detector, preset, cfg)
+    model = MMDetModel(detector, preset, cfg)
+    model.neck_choice = {"neck": neck, "neck_args": dict(neck_args or {})}
+    return model
 
 
 def _frozen_norm_train_mode(module: nn.Module) -> list[nn.Module]:

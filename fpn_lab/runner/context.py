@@ -48,6 +48,15 @@ def project_path(path: str | Path) -> Path:
     return p if p.is_absolute() else project_root() / p
 
 
+def display_path(path: str | Path) -> str:
+    """``path`` relative to the project root when inside it (so reports carry no machine paths)."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(project_root().resolve()))
+    except ValueError:
+        return str(p)
+
+
 def unique_run_dir(runs_dir: str | Path, name: str) -> Path:
     """``runs_dir/name``, or ``name-2``, ``name-3``... : never an existing folder (created here)."""
     base = project_path(runs_dir)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from fpn_lab.errors import ParamsError
-from fpn_lab.runner.context import default_run_name, project_path, unique_run_dir, write_json_atomic
+from fpn_lab.runner.context import default_run_name, display_path, project_path, unique_run_dir, write_json_atomic
 from fpn_lab.runner.params import load_params_file, validate_params
 
 KERNEL_NAME = "fpn-lab"
@@ -33,12 +33,21 @@ def check_kernel(name: str) -> None:
                           "(scripts/setup.sh), which registers it, or pass --kernel NAME.") from None
 
 
-def render_html(notebook: Path, html: Path) -> Path:
-    """Render an executed notebook to one HTML file with figures embedded (written atomically)."""
+TEMPLATES = Path(__file__).with_name("templates")
+
+
+def render_html(notebook: Path, html: Path, *, hide_input: bool = False) -> Path:
+    """Render an executed notebook to one self-contained HTML file (written atomically).
+
+    nbconvert's ``lab`` template minus its CDN scripts (``templates/fpn_lab_offline``), figures
+    embedded as ``data:`` URIs. ``hide_input`` drops the code cells' input (outputs stay, so the
+    injected parameters remain visible through the run summary).
+    """
     import nbformat
     from nbconvert import HTMLExporter
 
-    exporter = HTMLExporter(template_name="lab", embed_images=True)
+    exporter = HTMLExporter(template_name="fpn_lab_offline", extra_template_basedirs=[str(TEMPLATES)],
+                            embed_images=True, exclude_input=hide_input, exclude_input_prompt=hide_input)
     body, _ = exporter.from_notebook_node(nbformat.read(str(notebook), as_version=4))
     tmp = html.with_name(html.name + ".tmp")
     tmp.write_text(body, encoding="utf-8")
@@ -58,7 +67,7 @@ def _failure(error: BaseException) -> dict:
 
 def run_notebook(params_file: str | Path | None = None, *, overrides: dict | None = None,
                  notebook: str | Path = DEFAULT_NOTEBOOK, runs_dir: str | Path = "runs", kernel: str = KERNEL_NAME,
-                 timeout: float | None = None, echo: bool = True) -> tuple[Path, bool]:
+                 timeout: float | None = None, echo: bool = True, hide_input: bool = False) -> tuple[Path, bool]:
     """Execute ``notebook`` with the parameters of ``params_file`` (plus ``overrides``).
 
     Returns ``(run_dir, ok)``. Parameter, notebook and kernel problems raise
@@ -78,7 +87,7 @@ def run_notebook(params_file: str | Path | None = None, *, overrides: dict | Non
         log.warning(note)
     name = params.get("run_name") or default_run_name(str(params.get("selection", "run")))
     run_dir = unique_run_dir(runs_dir, name)
-    params["run_dir"] = str(run_dir)
+    params["run_dir"] = display_path(run_dir)
     out_nb = run_dir / notebook.name
     handler = logging.FileHandler(run_dir / "run.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -102,7 +111,7 @@ def run_notebook(params_file: str | Path | None = None, *, overrides: dict | Non
     html = run_dir / (notebook.stem + ".html")
     if out_nb.exists():
         try:
-            render_html(out_nb, html)
+            render_html(out_nb, html, hide_input=hide_input)
         except Exception as e:  # rendering failure is a run failure, not a crash of the runner
             ok, error = False, error or e
     metrics_path = run_dir / "metrics.json"

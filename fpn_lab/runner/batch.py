@@ -1,0 +1,217 @@
+"""Batches of headless runs and their comparison page.
+
+``fpn-lab batch a.yaml b.yaml ...`` runs each params file as its own ``fpn-lab run`` process into
+``runs/<batch>/<run>/`` (continuing past failures), then writes ``runs/<batch>/comparison.csv``
+and a self-contained ``runs/<batch>/index.html``: one row per run, plots, links to each rendered
+notebook, failed runs with the failing step, and rows whose data, split, seed or image size differ
+from the batch's majority flagged as not comparable.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+
+from fpn_lab.errors import ParamsError
+from fpn_lab.runner.context import project_path, unique_run_dir
+
+COLUMNS = ["run", "status", "preset", "neck", "image_size", "epochs", "seed", "data_dir", "split", "AP", "AP50",
+           "train_s", "params", "inference_ms_per_image", "comparable", "failed_step", "error"]
+
+
+def parse_gates(items) -> dict[str, float]:
+    """``["AP50=0.7"]`` -> ``{"AP50": 0.7}`` (CLI ``--min``)."""
+    gates = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        try:
+            gates[key.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ParamsError(f"--min takes KEY=NUMBER such as AP50=0.7; got {item!r}.")
+    return gates
+
+
+def _run_one(params: Path, batch_dir: Path, overrides: list[str], threads: int, timeout: float | None) -> Path | None:
+    cmd = [sys.executable, "-m", "fpn_lab.cli", "run", str(params), "--runs-dir", str(batch_dir),
+           "--set", f"run_name={params.stem}"]
+    for item in overrides:
+        cmd += ["--set", item]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    before = set(batch_dir.iterdir())
+    log = batch_dir / f"{params.stem}.batch.log"
+    with open(log, "w") as fh:
+        try:
+            subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=project_path("."), timeout=timeout)
+        except subprocess.TimeoutExpired:
+            fh.write(f"\n[fpn-lab batch] timed out after {timeout} s\n")
+    made = sorted(set(batch_dir.iterdir()) - before - {log})
+    return made[0] if made else None
+
+
+def _failed_step(run_dir: Path, cell_index) -> str:
+    """The markdown heading above the failing cell of the executed notebook."""
+    try:
+        cells = json.loads(next(run_dir.glob("*.ipynb")).read_text())["cells"]
+    except (StopIteration, OSError, ValueError):
+        return ""
+    heading = ""
+    for cell in cells[: (cell_index or 0) + 1]:
+        if cell["cell_type"] == "markdown":
+            src = "".join(cell["source"]).strip()
+            if src.startswith("#"):
+                heading = src.splitlines()[0].lstrip("# ")
+    return heading
+
+
+def _row(name: str, run_dir: Path | None) -> dict:
+    row = dict.fromkeys(COLUMNS, "")
+    row["run"] = name
+    m = {}
+    if run_dir is not None and (run_dir / "metrics.json").is_file():
+        m = json.loads((run_dir / "metrics.json").read_text())
+    p = m.get("params", {})
+    row.update(status=m.get("status", "failed"), preset=m.get("preset", p.get("selection", "")),
+               image_size=p.get("image_size", ""), epochs=p.get("epochs", ""), seed=p.get("seed", ""),
+               data_dir=p.get("data_dir", ""), split=(m.get("dataset", {}).get("split", {}) or {}).get("name", p.get("split", "")))
+    if row["status"] == "ok":
+        met = m.get("metrics", {})
+        row.update(AP=met.get("AP"), AP50=met.get("AP50"), train_s=m.get("timing_s", {}).get("training"),
+                   params=m.get("model", {}).get("params"), neck=m.get("model", {}).get("neck"),
+                   inference_ms_per_image=m.get("inference_ms_per_image"))
+        row["per_class_AP"] = met.get("per_class_AP", {})
+    else:
+        err = m.get("error", {"ename": "NoRun", "evalue": "the run did not start; see its .batch.log"})
+        row["error"] = f"{err.get('ename')}: {str(err.get('evalue'))[:300]}"
+        row["failed_step"] = _failed_step(run_dir, err.get("cell_index")) if run_dir else "parameters"
+    row["_dir"] = run_dir
+    return row
+
+
+def _flag_comparable(rows: list[dict]) -> None:
+    keys = ("data_dir", "split", "seed", "image_size")
+    ok = [r for r in rows if r["status"] == "ok"]
+    if not ok:
+        return
+    majority = Counter(tuple(r[k] for k in keys) for r in ok).most_common(1)[0][0]
+    for r in ok:
+        diff = [k for k, v in zip(keys, majority) if r[k] != v]
+        r["comparable"] = "yes" if not diff else "no: " + ", ".join(f"{k}={r[k]!r}" for k in diff)
+
+
+def _plots(rows: list[dict]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if r["status"] == "ok" and r["AP"] is not None]
+    if not ok:
+        return []
+    figs = []
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for r in ok:
+        ax.scatter(r["train_s"], r["AP"], s=40)
+        ax.annotate(r["run"], (r["train_s"], r["AP"]), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    ax.set(xlabel="training time (s)", ylabel="COCO AP@[.5:.95]", title="AP against training time")
+    ax.grid(alpha=0.3)
+    figs.append(fig)
+    classes = sorted({c for r in ok for c in r.get("per_class_AP", {})})
+    if classes:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        width = 0.8 / len(ok)
+        for k, r in enumerate(ok):
+            vals = [r["per_class_AP"].get(c) or 0.0 for c in classes]
+            ax.bar([i + k * width for i in range(len(classes))], vals, width, label=r["run"])
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(classes))], classes)
+        ax.set(ylabel="AP@[.5:.95]", title="per-class AP")
+        ax.legend(fontsize=8)
+        figs.append(fig)
+    out = []
+    for fig in figs:
+        buf = io.BytesIO()
+        fig.tight_layout()
+        fig.savefig(buf, format="png", dpi=90)
+        plt.close(fig)
+        out.append(base64.b64encode(buf.getvalue()).decode())
+    return out
+
+
+def write_report(batch_dir: Path, rows: list[dict]) -> tuple[Path, Path]:
+    """Write ``comparison.csv`` and ``index.html`` (jinja2 template ``templates/comparison.html.j2``)."""
+    import jinja2
+
+    csv_path = batch_dir / "comparison.csv"
+    with open(csv_path.with_suffix(".tmp"), "w", newline="") as fh:
+        writer = csv.DictWriter(fh, COLUMNS + ["per_class_AP"], extrasaction="ignore")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({**r, "per_class_AP": json.dumps(r.get("per_class_AP") or {})})
+    csv_path.with_suffix(".tmp").replace(csv_path)
+    for r in rows:
+        html = next(r["_dir"].glob("*.html"), None) if r["_dir"] else None
+        r["link"] = html.relative_to(batch_dir).as_posix() if html else ""
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")), autoescape=True)
+    page = env.get_template("comparison.html.j2").render(
+        title=batch_dir.name, rows=rows, plots=_plots(rows), created=datetime.now().isoformat(timespec="seconds"),
+        fmt=lambda v, nd=3: f"{v:.{nd}f}" if isinstance(v, float) else ("" if v is None else v))
+    index = batch_dir / "index.html"
+    index.with_suffix(".tmp").write_text(page, encoding="utf-8")
+    index.with_suffix(".tmp").replace(index)
+    return csv_path, index
+
+
+def run_batch(params_files, *, jobs: int = 1, name: str | None = None, overrides=(), runs_dir="runs",
+              gates: dict | None = None, timeout: float | None = None, echo: bool = True) -> tuple[Path, int]:
+    """Run every params file, write the comparison, apply ``gates``; returns ``(batch_dir, exit_code)``.
+
+    Exit code 0 when every run succeeded and passed the gates, 1 otherwise.
+    """
+    files = [Path(p) for p in params_files]
+    missing = [str(p) for p in files if not p.is_file()]
+    if missing:
+        raise ParamsError(f"params file(s) not found: {missing}.")
+    if len({p.stem for p in files}) != len(files):
+        raise ParamsError("params files must have distinct names: each names its run folder.")
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ParamsError(f"--jobs must be a positive int; got {jobs!r}.")
+    batch_dir = unique_run_dir(runs_dir, name or f"batch-{datetime.now():%Y%m%d-%H%M%S}")
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    t0 = time.perf_counter()
+
+    def one(p):
+        if echo:
+            print(f"[fpn-lab batch] start {p.stem} ({threads} threads) +{time.perf_counter() - t0:.0f}s", flush=True)
+        run_dir = _run_one(p, batch_dir, list(overrides), threads, timeout)
+        row = _row(p.stem, run_dir)
+        if echo:
+            print(f"[fpn-lab batch] {row['status']:6s} {p.stem} AP={row['AP']} +{time.perf_counter() - t0:.0f}s", flush=True)
+        return row
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        rows = list(pool.map(one, files))
+    _flag_comparable(rows)
+    csv_path, index = write_report(batch_dir, rows)
+    code = 0 if all(r["status"] == "ok" for r in rows) else 1
+    for key, floor in (gates or {}).items():
+        for r in rows:
+            value = r.get(key)
+            if r["status"] == "ok" and (not isinstance(value, (int, float)) or value < floor):
+                code = 1
+                if echo:
+                    print(f"[fpn-lab batch] gate failed: {r['run']} {key}={value} < {floor}", flush=True)
+    if echo:
+        print(f"[fpn-lab batch] {sum(r['status'] == 'ok' for r in rows)}/{len(rows)} runs ok\n"
+              f"  comparison: {index}\n  csv:        {csv_path}", flush=True)
+    return batch_dir, code
