@@ -165,7 +165,7 @@ def write_report(batch_dir: Path, rows: list[dict]) -> tuple[Path, Path]:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")), autoescape=True)
     page = env.get_template("comparison.html.j2").render(
         title=batch_dir.name, rows=rows, plots=_plots(rows), created=datetime.now().isoformat(timespec="seconds"),
-        fmt=lambda v, nd=3: f"{v:.{nd}f}" if isinstance(v, float) else ("" if v is None else v))
+        fmt=lambda v, nd=3: f"{v:.{nd}f}" if isinstance(v, float) else ("n/a" if v is None else v))
     index = batch_dir / "index.html"
     index.with_suffix(".tmp").write_text(page, encoding="utf-8")
     index.with_suffix(".tmp").replace(index)
