@@ -7,6 +7,7 @@ notebook, its HTML and the log, and its ``metrics.json`` says ``failed`` with th
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -55,6 +56,76 @@ def render_html(notebook: Path, html: Path, *, hide_input: bool = False) -> Path
     return html
 
 
+def _headings(notebook: Path) -> dict[int, str]:
+    """1-based cell number (as papermill counts them, with its injected-parameters cell) -> the
+    markdown heading the cell sits under."""
+    import nbformat
+
+    cells = nbformat.read(str(notebook), as_version=4).cells
+    out, heading, shift = {}, "", 0
+    for i, cell in enumerate(cells):
+        if cell.cell_type == "markdown" and cell.source.lstrip().startswith("#"):
+            heading = cell.source.lstrip().splitlines()[0].lstrip("# ")
+        if cell.cell_type == "code":
+            out[i + 1 + shift] = heading
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            shift = 1
+            out[i + 2] = heading + " (injected)"
+    return out
+
+
+class _Progress(logging.Handler):
+    """Prints one line per executed cell: elapsed time, cell number and the step it belongs to."""
+
+    def __init__(self, notebook: Path):
+        super().__init__(logging.INFO)
+        self.headings, self.t0 = _headings(notebook), time.perf_counter()
+        self.last = max(self.headings, default=0)
+
+    def emit(self, record):
+        msg = record.getMessage()
+        if msg.startswith("Executing Cell"):
+            n = int(msg.split()[2].strip("-"))
+            if n not in self.headings:
+                return  # a markdown cell
+            elapsed = int(time.perf_counter() - self.t0)
+            print(f"[fpn-lab {elapsed // 60:02d}:{elapsed % 60:02d}] cell {n}/{self.last}: "
+                  f"{self.headings.get(n, '')}", file=sys.stderr, flush=True)
+
+
+def add_summary_cell(notebook: Path, metrics: dict) -> None:
+    """Insert a markdown summary (status, preset, key params, AP, AP50, times, versions, commit)
+    as the executed notebook's first cell (written atomically)."""
+    import nbformat
+
+    nb = nbformat.read(str(notebook), as_version=4)
+    p, m, t = metrics.get("params", {}), metrics.get("metrics", {}), metrics.get("timing_s", {})
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else ("n/a" if v is None else str(v))  # noqa: E731
+    lines = [f"# Run summary: {metrics.get('status', '?').upper()}", "",
+             "| | |", "| --- | --- |",
+             f"| preset | `{metrics.get('preset', p.get('selection', '?'))}` |",
+             f"| AP@[.5:.95] / AP50 | {fmt(m.get('AP'))} / {fmt(m.get('AP50'))} |"]
+    for key in ("data_dir", "split", "image_size", "batch_size", "epochs", "lr", "opt", "seed", "neck", "pretrained"):
+        if key in p:
+            lines.append(f"| {key} | `{p[key]!r}` |")
+    if t:
+        lines.append("| time (s) | " + ", ".join(f"{k} {v}" for k, v in t.items()) + " |")
+    if metrics.get("error"):
+        e = metrics["error"]
+        lines.append(f"| error | cell {e.get('cell_index', '?')}: `{e.get('ename')}`: {str(e.get('evalue'))[:200]} |")
+    versions = metrics.get("versions") or {}
+    if versions:
+        lines.append("| versions | " + ", ".join(f"{k} {v}" for k, v in versions.items()) + " |")
+    if metrics.get("git_commit"):
+        lines.append(f"| commit | `{metrics['git_commit'][:12]}` |")
+    cell = nbformat.v4.new_markdown_cell("\n".join(lines))
+    cell.metadata["tags"] = ["fpn-lab-summary"]
+    nb.cells.insert(0, cell)
+    tmp = notebook.with_name(notebook.name + ".tmp")
+    nbformat.write(nb, str(tmp))
+    tmp.replace(notebook)
+
+
 def _failure(error: BaseException) -> dict:
     info = {"ename": getattr(error, "ename", type(error).__name__), "evalue": getattr(error, "evalue", str(error))}
     if getattr(error, "cell_index", None) is not None:
@@ -94,6 +165,9 @@ def run_notebook(params_file: str | Path | None = None, *, overrides: dict | Non
     pm_log = logging.getLogger("papermill")
     pm_log.addHandler(handler)
     pm_log.setLevel(logging.INFO)
+    progress = _Progress(notebook)
+    if echo:
+        pm_log.addHandler(progress)
     if echo:
         print(f"[fpn-lab] running {notebook.name} -> {run_dir}", flush=True)
     ok, error = True, None
@@ -106,26 +180,25 @@ def run_notebook(params_file: str | Path | None = None, *, overrides: dict | Non
         log.error("notebook failed: %s", e)
     finally:
         pm_log.removeHandler(handler)
+        pm_log.removeHandler(progress)
         handler.close()
     t = time.perf_counter()
     html = run_dir / (notebook.stem + ".html")
+    metrics_path = run_dir / "metrics.json"
+    if ok and not metrics_path.exists():
+        ok, error = False, RuntimeError("the notebook finished without writing metrics.json")
+    data = json.loads(metrics_path.read_text()) if ok else {
+        "schema_version": 1, "status": "failed", "params": params, "error": _failure(error)}
     if out_nb.exists():
         try:
+            add_summary_cell(out_nb, data)
             render_html(out_nb, html, hide_input=hide_input)
         except Exception as e:  # rendering failure is a run failure, not a crash of the runner
-            ok, error = False, error or e
-    metrics_path = run_dir / "metrics.json"
-    if ok and metrics_path.exists():
-        import json
-
-        data = json.loads(metrics_path.read_text())
+            ok, error = False, e
+            data = {**data, "status": "failed", "error": _failure(e)}
+    if ok:
         data.setdefault("timing_s", {})["rendering"] = round(time.perf_counter() - t, 2)
-        write_json_atomic(metrics_path, data)
-    else:
-        ok = False
-        error = error or RuntimeError("the notebook finished without writing metrics.json")
-        write_json_atomic(metrics_path, {"schema_version": 1, "status": "failed", "params": params,
-                                         "error": _failure(error)})
+    write_json_atomic(metrics_path, data)
     if echo:
         status = "finished" if ok else f"FAILED ({_failure(error)['ename']}: {str(_failure(error)['evalue'])[:300]})"
         print(f"[fpn-lab] {status}\n  notebook: {out_nb}\n  html:     {html}\n  metrics:  {metrics_path}\n"
