@@ -21,11 +21,13 @@ from fpn_lab.runner.context import Run, display_path, project_path, set_seed, wr
 from fpn_lab.viz.draw import (
     plot_metrics, show_batch, show_fpn_features, show_predictions, show_results, show_samples,
 )
+from fpn_lab.viz.picker import ModelPicker
 
 __all__ = [
-    "COCOBBoxParser", "ClassMap", "check_reload", "Dataset", "FixedSplitter", "RandomSplitter", "Record", "Run", "VOCBBoxParser",
-    "VOCImageSetSplitter", "aug_tfms", "build_model", "count_parameters", "display_path", "evaluate", "find_lr", "get_preset", "history",
-    "list_models", "load_checkpoint", "load_image", "make_dataloaders", "make_learner", "plot_metrics",
-    "predict_dataset", "predict_images", "project_path", "resize_and_pad", "save_checkpoint", "selection_table",
-    "set_seed", "show_batch", "show_fpn_features", "show_predictions", "show_results", "show_samples", "write_json_atomic",
+    "COCOBBoxParser", "ClassMap", "Dataset", "FixedSplitter", "ModelPicker", "RandomSplitter", "Record", "Run",
+    "VOCBBoxParser", "VOCImageSetSplitter", "aug_tfms", "build_model", "check_reload", "count_parameters",
+    "display_path", "evaluate", "find_lr", "get_preset", "history", "list_models", "load_checkpoint", "load_image",
+    "make_dataloaders", "make_learner", "plot_metrics", "predict_dataset", "predict_images", "project_path",
+    "resize_and_pad", "save_checkpoint", "selection_table", "set_seed", "show_batch", "show_fpn_features",
+    "show_predictions", "show_results", "show_samples", "write_json_atomic",
 ]

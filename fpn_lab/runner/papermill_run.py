@@ -15,7 +15,7 @@ from pathlib import Path
 
 from fpn_lab.errors import ParamsError
 from fpn_lab.runner.context import default_run_name, display_path, project_path, unique_run_dir, write_json_atomic
-from fpn_lab.runner.params import load_params_file, validate_params
+from fpn_lab.runner.params import load_params_file, notebook_parameters, validate_params
 
 KERNEL_NAME = "fpn-lab"
 DEFAULT_NOTEBOOK = "notebooks/getting_started.ipynb"
@@ -159,6 +159,8 @@ def run_notebook(params_file: str | Path | None = None, *, overrides: dict | Non
     name = params.get("run_name") or default_run_name(str(params.get("selection", "run")))
     run_dir = unique_run_dir(runs_dir, name)
     params["run_dir"] = display_path(run_dir)
+    if "interactive" in notebook_parameters(notebook):
+        params["interactive"] = False  # no one clicks widgets in a headless run: `selection` decides
     out_nb = run_dir / notebook.name
     handler = logging.FileHandler(run_dir / "run.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
