@@ -57,3 +57,14 @@ def test_bad_params_fail_before_a_run_folder_is_made(tmp_path):
     with pytest.raises(ParamsError, match="kernel 'no-such-kernel' is not installed"):
         run_notebook(ROOT / "params" / "smoke.yaml", runs_dir=tmp_path, kernel="no-such-kernel", echo=False)
     assert not list(tmp_path.iterdir())
+
+
+def test_compare_necks_notebook(tmp_path):
+    overrides = {"selection": "yolox_tiny_pafpn_300e", "necks": ["fpn", "nasfpn"], "data_dir": "data/fridge",
+                 "split": "random", "image_size": 64, "batch_size": 2, "epochs": 1}
+    run_dir, ok = run_notebook(notebook=ROOT / "notebooks" / "compare_necks.ipynb", overrides=overrides,
+                               runs_dir=tmp_path, echo=False)
+    assert ok, (run_dir / "run.log").read_text()[-3000:]
+    rows = {r["neck"]: r for r in json.loads((run_dir / "metrics.json").read_text())["necks"]}
+    assert rows["fpn"]["status"] == "ok" and rows["fpn"]["neck_type"] == "FPN" and rows["fpn"]["GFLOPs"] > 0
+    assert rows["nasfpn"]["status"].startswith("skipped: NAS-FPN needs five levels")
