@@ -1,0 +1,115 @@
+"""Training-step overhead of fpn_lab (fastai Learner + MMDetCallback) against a bare mmdet loop.
+
+Both sides train the same model on one identical batch with the same optimiser (SGD, momentum
+0.9), same threads; repeats are interleaved (fpn_lab block, bare block, ...) and the ratio of
+medians is reported. The fpn_lab side runs ``learn.fit`` over a loader that yields that batch,
+so everything fastai does per step (callbacks, recorder, loss smoothing) is counted; the
+validation pass is skipped on both sides.
+
+    .venv/bin/python bench/train_step_overhead.py                      # yolox_tiny, retinanet_r18, vfnet_r50
+    .venv/bin/python bench/train_step_overhead.py --quick              # smoke: one preset, tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import warnings  # noqa: E402
+
+from fastai.callback.core import CancelValidException, Callback  # noqa: E402
+from fastai.data.core import DataLoaders  # noqa: E402
+
+from fpn_lab.data.dataloaders import Dataset, collate, make_dataloader  # noqa: E402
+from fpn_lab.data.parsers import VOCBBoxParser  # noqa: E402
+from fpn_lab.data.transforms import resize_and_pad  # noqa: E402
+from fpn_lab.learner.learner import make_learner  # noqa: E402
+from fpn_lab.models.build import build_model  # noqa: E402
+from fpn_lab.models.registry import get_preset  # noqa: E402
+
+
+class SkipValidation(Callback):
+    def before_validate(self):
+        raise CancelValidException()
+
+
+class SameBatch:
+    """A fastai-compatible stand-in dataset returning the same items, so every step sees one batch."""
+
+    def __init__(self, ds, n):
+        self.ds, self.n = ds, n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return self.ds[i % len(self.ds)]
+
+
+def bare_steps(model, images, targets, steps, opt):
+    model.train()
+    t = time.perf_counter()
+    for _ in range(steps):
+        inputs, samples = model.preprocess(images, targets, training=True)
+        loss, _ = model.detector.parse_losses(model.detector.loss(inputs, samples))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return (time.perf_counter() - t) / steps
+
+
+def fpn_lab_steps(learn, steps):
+    t = time.perf_counter()
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(1, 1e-4)
+    return (time.perf_counter() - t) / steps
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--presets", default="yolox_tiny_pafpn_300e,retinanet_r18_fpn_1x,vfnet_r50_fpn_1x")
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    if args.quick:
+        args.presets, args.size, args.steps, args.repeats = "yolox_tiny_pafpn_300e", 64, 2, 1
+    parser = VOCBBoxParser(ROOT / "data/bccd/annotations", ROOT / "data/bccd/images")
+    records = parser.parse()[: args.batch]
+    print(f"torch threads {torch.get_num_threads()}, batch {args.batch}, {args.size} px, {args.steps} steps x "
+          f"{args.repeats} interleaved repeats\n")
+    print("| preset | fpn_lab s/step | bare mmdet s/step | ratio |\n| --- | --- | --- | --- |")
+    for name in args.presets.split(","):
+        torch.manual_seed(0)
+        model = build_model(name, num_classes=3)
+        ds = Dataset(records, resize_and_pad(args.size, get_preset(name).pad_value))
+        images, targets = collate([ds[i] for i in range(len(ds))])
+        same = SameBatch(ds, args.batch * args.steps)
+        train = make_dataloader(same, args.batch, shuffle=False, drop_last=True)
+        dls = DataLoaders(train, make_dataloader(ds, args.batch, shuffle=False, drop_last=False))
+        dls.n_inp = 1
+        train.dataset.tfms = ds.tfms  # make_learner reads the input size from the dataset's transform
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the small-batch BatchNorm warning: same batch on both sides
+            learn = make_learner(dls, model, parser.class_map, opt="sgd", coco=False, cbs=[SkipValidation()])
+        opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+        ours, bare = [], []
+        for _ in range(args.repeats):
+            ours.append(fpn_lab_steps(learn, args.steps))
+            bare.append(bare_steps(model, images, targets, args.steps, opt))
+        o, b = statistics.median(ours), statistics.median(bare)
+        print(f"| {name} | {o:.3f} | {b:.3f} | {o / b:.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
