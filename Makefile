@@ -18,5 +18,8 @@ test: setup
 test-all: setup
 	$(PY) -m pytest -m ""
 
+bench: setup
+	bash bench/run_all.sh
+
 lab: setup
 	.venv/bin/jupyter lab notebooks/

@@ -10,7 +10,7 @@ import pytest
 from conftest import ROOT
 
 
-@pytest.mark.parametrize("script", ["parse_speed.py", "step_time.py", "train_step_overhead.py"])
+@pytest.mark.parametrize("script", ["parse_speed.py", "step_time.py", "train_step_overhead.py", "data_pipeline.py", "coco_eval.py"])
 def test_bench_quick_mode_runs(script):
     out = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--quick"], capture_output=True, text=True,
                          cwd=ROOT, timeout=600)
