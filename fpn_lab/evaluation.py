@@ -2,32 +2,21 @@
 
 from __future__ import annotations
 
-import torch
-
 from fpn_lab.data.dataloaders import collate
+from fpn_lab.inference import predict_batches
 from fpn_lab.metrics.coco import coco_evaluate, detections_to_coco
 
 
-@torch.no_grad()
 def predict_dataset(model, dataset, batch_size: int = 8) -> list[dict]:
-    """Predictions for every record of a validation-transform ``dataset``, in original-image pixels.
+    """Predictions for every record of a validation-transform ``dataset``, in original-image pixels
+    (one dict per record, same order; see :func:`~fpn_lab.inference.predict_batches`)."""
 
-    Returns one dict per record (same order): ``boxes`` ``float32[M, 4]`` xyxy, ``scores``, ``labels``.
-    """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    out = []
-    try:
+    def batches():
         for start in range(0, len(dataset), batch_size):
             images, targets = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-            preds = model.predict(images.to(device), [t["geometry"] for t in targets])
-            for p, t in zip(preds, targets):
-                out.append({"boxes": t["geometry"].to_original(p["boxes"].cpu().numpy()),
-                            "scores": p["scores"].cpu().numpy(), "labels": p["labels"].cpu().numpy()})
-    finally:
-        model.train(was_training)
-    return out
+            yield images, [t["geometry"] for t in targets]
+
+    return predict_batches(model, batches())
 
 
 def evaluate(model, dataset, class_names, batch_size: int = 8) -> tuple[dict, list[dict]]:

@@ -70,3 +70,10 @@ def test_set_values_are_read_as_yaml_scalars():
         "epochs": 3, "lr": 0.001, "selection": "retinanet_r18_fpn_1x"}
     with pytest.raises(ParamsError, match="key=value"):
         parse_set(["epochs"])
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "params").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_params_files_validate(path):
+    notebook = ROOT / "notebooks" / ("compare_necks.ipynb" if path.stem == "compare_necks" else "getting_started.ipynb")
+    params, notes = validate_params(load_params_file(path), notebook)
+    assert params and notes == []
