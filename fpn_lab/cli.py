@@ -16,8 +16,23 @@ def _run(args) -> int:
               "timeout": args.timeout, "hide_input": args.hide_input}
     if args.notebook:
         kwargs["notebook"] = args.notebook
-    _, ok = run_notebook(args.params, **kwargs)
-    return 0 if ok else 1
+    run_dir, ok = run_notebook(args.params, **kwargs)
+    return 0 if ok and _gates_pass(run_dir, args.min) else 1
+
+
+def _gates_pass(run_dir, items) -> bool:
+    import json
+
+    from fpn_lab.runner.batch import parse_gates
+
+    metrics = json.loads((run_dir / "metrics.json").read_text()).get("metrics", {})
+    ok = True
+    for key, floor in parse_gates(items).items():
+        value = metrics.get(key)
+        if not isinstance(value, (int, float)) or value < floor:
+            print(f"[fpn-lab] gate failed: {key}={value} < {floor}", flush=True)
+            ok = False
+    return ok
 
 
 def _batch(args) -> int:
@@ -47,6 +62,8 @@ def main(argv=None) -> int:
     run.add_argument("--kernel", default="fpn-lab", help="Jupyter kernel name (default fpn-lab)")
     run.add_argument("--timeout", type=float, default=None, help="per-cell timeout in seconds")
     run.add_argument("--hide-input", action="store_true", help="render the HTML without code cells' input")
+    run.add_argument("--min", action="append", metavar="KEY=VALUE",
+                     help="regression gate on metrics.json, e.g. --min AP50=0.7: exit 1 when below")
     run.set_defaults(func=_run)
     bat = sub.add_parser("batch", help="run several params files, then write a comparison page and CSV")
     bat.add_argument("params", nargs="+", help="params YAML files (one run each, named after the file)")

@@ -72,3 +72,15 @@ def test_evaluate_writes_coco_results_in_original_pixels(bccd_records):
     boxes = np.array([d["bbox"] for d in dets])
     assert (boxes[:, 0] + boxes[:, 2] <= 640 + 1e-3).all() and (boxes[:, 1] + boxes[:, 3] <= 480 + 1e-3).all()
     assert 0.0 <= result["AP"] <= 1.0
+
+
+def test_r01_detections_on_a_negative_image_are_false_positives_only():
+    parser = COCOBBoxParser(CASES / "R01" / "annotations.json", CASES / "R01" / "images")
+    records = parser.parse()
+    pos = next(r for r in records if r.num_boxes)
+    neg = next(r for r in records if not r.num_boxes)
+    hit = detections_to_coco(pos.record_id, pos.boxes, np.array([0.9]), pos.labels)
+    assert coco_evaluate(records, hit, parser.class_map.names)["AP"] == pytest.approx(1.0)
+    fp = detections_to_coco(neg.record_id, np.array([[1, 1, 20, 20]]), np.array([0.95]), np.array([0]))
+    res = coco_evaluate(records, hit + fp, parser.class_map.names)
+    assert res["AP"] < 1.0 and res["AR100"] == pytest.approx(1.0)  # precision drops, recall does not

@@ -77,3 +77,8 @@ def test_shipped_params_files_validate(path):
     notebook = ROOT / "notebooks" / ("compare_necks.ipynb" if path.stem == "compare_necks" else "getting_started.ipynb")
     params, notes = validate_params(load_params_file(path), notebook)
     assert params and notes == []
+
+
+def test_missing_data_dir_fails_before_any_kernel():
+    with pytest.raises(ParamsError, match="data_dir: 'data/nope' is not a folder"):
+        validate_params({"data_dir": "data/nope"}, NB)

@@ -131,3 +131,19 @@ def test_checkpoint_keeps_the_neck_choice(fridge, tmp_path):
     path = save_checkpoint(tmp_path / "m.pth", model, parser.class_map, image_size=64)
     reloaded, info = load_checkpoint(path)
     assert info["neck"] == "fpn" and type(reloaded.neck).__name__ == "FPN"
+
+
+def test_fine_tune_from_local_coco_style_weights(fridge, tmp_path):
+    parser, records = fridge
+    src = build_model("yolox_tiny_pafpn_300e", num_classes=80)
+    path = tmp_path / "coco.pth"
+    torch.save({"state_dict": src.detector.state_dict()}, path)
+    model = build_model("yolox_tiny_pafpn_300e", num_classes=len(parser.class_map), weights=path)
+    ds = Dataset(records[:4], resize_and_pad(64))
+    learn = make_learner(make_dataloaders(ds, ds, 2), model, parser.class_map, coco=False)
+    learn.freeze()
+    assert not any(p.requires_grad for p in model.backbone.parameters() if p.ndim > 1)
+    assert all(p.requires_grad for p in model.head.parameters())
+    with learn.no_bar(), learn.no_logging():
+        learn.fine_tune(1, 1e-3, freeze_epochs=1)
+    assert all(p.requires_grad for p in model.parameters()) and len(learn.recorder.values) == 1

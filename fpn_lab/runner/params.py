@@ -146,7 +146,18 @@ def validate_params(params: dict, notebook: str | Path) -> tuple[dict, list[str]
         out[key], note = coerce(key, value, spec[key]["default"])
         if note:
             notes.append(note)
+    _check_paths(out)
     return out, notes
+
+
+def _check_paths(params: dict) -> None:
+    """A ``data_dir`` that does not exist fails here, before a kernel starts."""
+    from fpn_lab.runner.context import project_path
+
+    data_dir = params.get("data_dir")
+    if isinstance(data_dir, str) and data_dir and not project_path(data_dir).is_dir():
+        raise ParamsError(f"data_dir: {data_dir!r} is not a folder (looked in {project_path(data_dir)}); relative "
+                          "paths are resolved against the project root.")
 
 
 def parse_set(items) -> dict:
