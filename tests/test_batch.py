@@ -32,11 +32,21 @@ def test_batch_with_a_failing_run(batch):
     rows = {r["run"]: r for r in csv.DictReader(open(batch_dir / "comparison.csv"))}
     assert rows["smoke_a"]["status"] == rows["smoke_b"]["status"] == "ok", out.stdout
     assert rows["smoke_a"]["neck"] == "YOLOXPAFPN" and rows["smoke_b"]["neck"] == "FPN"
-    assert rows["broken"]["status"] == "failed" and rows["broken"]["failed_step"] == "Parameters"
-    assert "unknown selection index 2" in rows["broken"]["error"]
+    assert rows["broken"]["status"] == "failed" and rows["broken"]["failed_step"] == "DataLoaders and learner"
+    assert "batch_size 16 is larger than the training set" in rows["broken"]["error"]
     page = (batch_dir / "index.html").read_text()
-    assert page.count('<tr class="ok">') == 2 and "failed at step <b>Parameters</b>" in page
+    assert page.count('<tr class="ok">') == 2 and "failed at step <b>DataLoaders and learner</b>" in page
     assert 'href="smoke_a/getting_started.html"' in page and "data:image/png;base64," in page
+
+
+def test_bad_params_give_a_failed_row_without_a_run(tmp_path):
+    bad = tmp_path / "typo.yaml"
+    bad.write_text("selection: yolox_tiny_pafpn_300e\nepoch: 1\n")
+    cmd = [sys.executable, "-m", "fpn_lab.cli", "batch", str(bad), "--runs-dir", str(tmp_path / "runs")]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 1
+    (row,) = csv.DictReader(open(next((tmp_path / "runs").iterdir()) / "comparison.csv"))
+    assert row["failed_step"].startswith("parameters") and "Did you mean 'epochs'" in row["error"]
 
 
 def test_gate_fails_a_run_below_the_floor(tmp_path):

@@ -39,14 +39,14 @@ def test_smoke_run_writes_every_artefact(tmp_path):
 
 
 def test_failed_run_exits_nonzero_and_keeps_partial_notebook_html_and_log(tmp_path):
-    cmd = [sys.executable, "-m", "fpn_lab.cli", "run", str(ROOT / "params" / "smoke.yaml"), "--set", "selection=2",
+    cmd = [sys.executable, "-m", "fpn_lab.cli", "run", str(ROOT / "params" / "smoke.yaml"), "--set", "batch_size=16",
            "--runs-dir", str(tmp_path)]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert out.returncode == 1, out.stdout + out.stderr
     (run_dir,) = list(tmp_path.iterdir())
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["status"] == "failed" and metrics["error"]["ename"] == "ModelError"
-    assert metrics["error"]["cell_index"] >= 1 and "Faster R-CNN" in metrics["error"]["evalue"]
+    assert metrics["status"] == "failed" and metrics["error"]["ename"] == "DataError"
+    assert metrics["error"]["cell_index"] >= 1 and "larger than the training set" in metrics["error"]["evalue"]
     assert (run_dir / "getting_started.ipynb").exists() and (run_dir / "getting_started.html").exists()
     assert "FAILED" in out.stdout
 
@@ -54,6 +54,8 @@ def test_failed_run_exits_nonzero_and_keeps_partial_notebook_html_and_log(tmp_pa
 def test_bad_params_fail_before_a_run_folder_is_made(tmp_path):
     with pytest.raises(ParamsError, match="epoch"):
         run_notebook(overrides={"epoch": 1}, runs_dir=tmp_path, echo=False)
+    with pytest.raises(ParamsError, match="Faster R-CNN"):
+        run_notebook(overrides={"selection": 2}, runs_dir=tmp_path, echo=False)
     with pytest.raises(ParamsError, match="kernel 'no-such-kernel' is not installed"):
         run_notebook(ROOT / "params" / "smoke.yaml", runs_dir=tmp_path, kernel="no-such-kernel", echo=False)
     assert not list(tmp_path.iterdir())

@@ -82,3 +82,10 @@ def test_shipped_params_files_validate(path):
 def test_missing_data_dir_fails_before_any_kernel():
     with pytest.raises(ParamsError, match="data_dir: 'data/nope' is not a folder"):
         validate_params({"data_dir": "data/nope"}, NB)
+
+
+@pytest.mark.parametrize("params, match", [({"selection": 2}, "Faster R-CNN"), ({"selection": "retinanet_r5"}, "Did you mean"),
+                                           ({"image_size": 300}, "multiple of 32")])
+def test_bad_values_fail_before_any_kernel(params, match):
+    with pytest.raises(ParamsError, match=match):
+        validate_params(params, NB)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from fpn_lab.errors import ParamsError
 from fpn_lab.runner.context import project_path, unique_run_dir
+from fpn_lab.runner.params import load_params_file, parse_set, validate_params
 
 COLUMNS = ["run", "status", "preset", "neck", "image_size", "epochs", "seed", "data_dir", "split", "AP", "AP50",
            "train_s", "params", "inference_ms_per_image", "comparable", "failed_step", "error"]
@@ -43,9 +44,16 @@ def parse_gates(items) -> dict[str, float]:
     return gates
 
 
+def params_notebook(params_file: Path) -> Path:
+    """The notebook a params file is for: ``compare_necks*.yaml`` the neck comparison, any other
+    file the getting-started notebook."""
+    name = "compare_necks.ipynb" if params_file.stem.startswith("compare_necks") else "getting_started.ipynb"
+    return project_path("notebooks") / name
+
+
 def _run_one(params: Path, batch_dir: Path, overrides: list[str], threads: int, timeout: float | None) -> Path | None:
     cmd = [sys.executable, "-m", "fpn_lab.cli", "run", str(params), "--runs-dir", str(batch_dir),
-           "--set", f"run_name={params.stem}"]
+           "--notebook", str(params_notebook(params)), "--set", f"run_name={params.stem}"]
     for item in overrides:
         cmd += ["--set", item]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -94,7 +102,7 @@ def _row(name: str, run_dir: Path | None) -> dict:
     else:
         err = m.get("error", {"ename": "NoRun", "evalue": "the run did not start; see its .batch.log"})
         row["error"] = f"{err.get('ename')}: {str(err.get('evalue'))[:300]}"
-        row["failed_step"] = _failed_step(run_dir, err.get("cell_index")) if run_dir else "parameters"
+        row["failed_step"] = _failed_step(run_dir, err.get("cell_index")) if run_dir else "start"
     row["_dir"] = run_dir
     return row
 
@@ -193,8 +201,13 @@ def run_batch(params_files, *, jobs: int = 1, name: str | None = None, overrides
     def one(p):
         if echo:
             print(f"[fpn-lab batch] start {p.stem} ({threads} threads) +{time.perf_counter() - t0:.0f}s", flush=True)
-        run_dir = _run_one(p, batch_dir, list(overrides), threads, timeout)
-        row = _row(p.stem, run_dir)
+        try:  # bad parameters: a failed row at once, no kernel started
+            validate_params({**load_params_file(p), **parse_set(overrides)}, params_notebook(p))
+        except ParamsError as e:
+            row = _row(p.stem, None)
+            row.update(error=f"ParamsError: {e}", failed_step="parameters (checked before the run)")
+        else:
+            row = _row(p.stem, _run_one(p, batch_dir, list(overrides), threads, timeout))
         if echo:
             print(f"[fpn-lab batch] {row['status']:6s} {p.stem} AP={row['AP']} +{time.perf_counter() - t0:.0f}s", flush=True)
         return row

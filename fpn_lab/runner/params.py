@@ -146,13 +146,26 @@ def validate_params(params: dict, notebook: str | Path) -> tuple[dict, list[str]
         out[key], note = coerce(key, value, spec[key]["default"])
         if note:
             notes.append(note)
-    _check_paths(out)
+    _check_values(out)
     return out, notes
 
 
-def _check_paths(params: dict) -> None:
-    """A ``data_dir`` that does not exist fails here, before a kernel starts."""
+def _check_values(params: dict) -> None:
+    """Values that would fail in the first cells fail here, before a kernel starts and before a
+    run folder exists: an unknown ``selection``, an ``image_size`` that is not a multiple of 32,
+    a ``data_dir`` that does not exist."""
+    from fpn_lab.data.transforms import Letterbox
+    from fpn_lab.errors import FpnLabError
+    from fpn_lab.models.registry import get_preset
     from fpn_lab.runner.context import project_path
+
+    try:
+        if "selection" in params:
+            get_preset(params["selection"])
+        if isinstance(params.get("image_size"), int):
+            Letterbox(params["image_size"])
+    except FpnLabError as e:
+        raise ParamsError(str(e)) from None
 
     data_dir = params.get("data_dir")
     if isinstance(data_dir, str) and data_dir and not project_path(data_dir).is_dir():
