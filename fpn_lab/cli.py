@@ -44,9 +44,10 @@ def _batch(args) -> int:
 
 
 def _params(args) -> int:
+    from fpn_lab.runner.context import project_path
     from fpn_lab.runner.params import notebook_parameters
 
-    for name, info in notebook_parameters(args.notebook).items():
+    for name, info in notebook_parameters(project_path(args.notebook)).items():
         print(f"{name:22s} {info['type']:6s} default {info['default']!r}  {info['help']}")
     return 0
 

@@ -60,22 +60,32 @@ CACHE=${FPN_LAB_WHEEL_CACHE:-$HOME/.cache/fpn_lab/wheels}/mmcv-$MMCV_VERSION-$PY
 mkdir -p "$CACHE"
 WHEEL=$(ls "$CACHE"/mmcv-"$MMCV_VERSION"-*.whl 2>/dev/null | head -n1 || true)
 if [[ -z $WHEEL ]]; then
-  log "no cached mmcv wheel in $CACHE: building mmcv $MMCV_VERSION from source with $OPS ops (about 10 minutes on 2 cores)"
+  BUILD_LOG=$CACHE/build.log
+  log "no cached mmcv wheel in $CACHE: building mmcv $MMCV_VERSION from source with $OPS ops"
+  log "(10 to 25 minutes on 2 cores; compiler output goes to $BUILD_LOG)"
   BUILD=$(mktemp -d)
   trap 'rm -rf "$BUILD"' EXIT
-  "$VPY" -m pip download -q --no-deps --no-binary :all: --no-build-isolation -d "$BUILD" "mmcv==$MMCV_VERSION"
-  tar -xzf "$BUILD"/mmcv-"$MMCV_VERSION".tar.gz -C "$BUILD"
-  SRC=$BUILD/mmcv-$MMCV_VERSION
-  # torch 2.14's headers need C++20; mmcv 2.1.0's setup.py asks for C++17.
-  sed -i 's/-std=c++17/-std=c++20/g' "$SRC/setup.py"
-  FORCE=()
-  [[ $OPS == cuda ]] && FORCE=(FORCE_CUDA=1)
-  (cd "$SRC" && env MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" "${FORCE[@]}" \
-      "$VPY" -m pip wheel -q --no-build-isolation --no-deps -w "$BUILD/dist" .)
-  # Debug info makes the wheel 32 MB; stripped it is ~1.4 MB.
-  (cd "$BUILD/dist" && mkdir x && cd x && "$VPY" -m zipfile -e ../mmcv-*.whl . \
-      && find . -name '_ext*.so' -exec strip --strip-debug {} + \
-      && "$VPY" -m wheel pack . -d "$CACHE" >/dev/null)
+  build_mmcv() {  # each step returns on failure (errexit does not apply inside `if !`)
+    "$VPY" -m pip download --no-deps --no-binary :all: --no-build-isolation -d "$BUILD" "mmcv==$MMCV_VERSION" \
+      || return 1
+    tar -xzf "$BUILD"/mmcv-"$MMCV_VERSION".tar.gz -C "$BUILD" || return 1
+    local src=$BUILD/mmcv-$MMCV_VERSION
+    # torch 2.14's headers need C++20; mmcv 2.1.0's setup.py asks for C++17.
+    sed -i 's/-std=c++17/-std=c++20/g' "$src/setup.py" || return 1
+    local force=()
+    [[ $OPS == cuda ]] && force=(FORCE_CUDA=1)
+    (cd "$src" && env MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" "${force[@]}" \
+        "$VPY" -m pip wheel --no-build-isolation --no-deps -w "$BUILD/dist" .) || return 1
+    # Debug info makes the wheel 32 MB; stripped it is ~1.4 MB.
+    (cd "$BUILD/dist" && mkdir x && cd x && "$VPY" -m zipfile -e ../mmcv-*.whl . \
+        && find . -name '_ext*.so' -exec strip --strip-debug {} + \
+        && "$VPY" -m wheel pack . -d "$CACHE")
+  }
+  if ! build_mmcv >"$BUILD_LOG" 2>&1; then
+    tail -n 40 "$BUILD_LOG" >&2
+    echo "setup: building mmcv $MMCV_VERSION failed; the full log is $BUILD_LOG" >&2
+    exit 1
+  fi
   WHEEL=$(ls "$CACHE"/mmcv-"$MMCV_VERSION"-*.whl | head -n1)
   log "cached $WHEEL"
 fi

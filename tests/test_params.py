@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from conftest import CASES, ROOT
@@ -88,4 +90,15 @@ def test_missing_data_dir_fails_before_any_kernel():
                                            ({"image_size": 300}, "multiple of 32")])
 def test_bad_values_fail_before_any_kernel(params, match):
     with pytest.raises(ParamsError, match=match):
+        validate_params(params, NB)
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"epochs": None}, "epochs: got null, but it needs a int"),
+    ({"run_name": "a/b"}, "must be a plain folder name"), ({"run_name": ".."}, "must be a plain folder name"),
+    ({"neck": "bifpn"}, "neck: 'bifpn' is not one of"), ({"weights": "nope.pth"}, "weights: 'nope.pth' is not a file"),
+    ({"opt": False}, "--set \"opt='no'\""),
+])
+def test_more_values_fail_before_any_kernel(params, match):
+    with pytest.raises(ParamsError, match=re.escape(match) if "--set" in match else match):
         validate_params(params, NB)

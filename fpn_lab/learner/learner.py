@@ -81,7 +81,11 @@ def find_lr(learn: Learner, num_it: int = 30, show_plot: bool = True) -> float:
     if not isinstance(num_it, int) or num_it < 10:
         raise ValueError(f"lr_find needs at least 10 iterations for its suggestion; got {num_it!r}. "
                          "Set lr_find_iters >= 10, or lr_find_iters = 0 with a fixed lr to skip it.")
-    return float(learn.lr_find(num_it=num_it, show_plot=show_plot).valley)
+    suggestion = float(learn.lr_find(num_it=num_it, show_plot=show_plot).valley)
+    tmp_dir = Path(learn.path) / learn.model_dir
+    if tmp_dir.is_dir() and not any(tmp_dir.iterdir()):
+        tmp_dir.rmdir()  # lr_find kept its weights there and restored them: leave no empty folder
+    return suggestion
 
 
 def _input_size(dataset) -> int:

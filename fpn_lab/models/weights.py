@@ -42,7 +42,7 @@ def download_weights(url: str, *, cache_dir: str | Path | None = None) -> Path:
     except Exception as e:  # URLError, socket errors, hash mismatch: all mean "no usable file"
         raise WeightsUnavailableError(
             f"could not download pretrained weights from {url} ({type(e).__name__}: {e}). Without network access, "
-            f"download the file elsewhere and put it at {path} (or pass weights='/path/to/file.pth'), "
+            f"download the file elsewhere and put it at {path} (or set the notebook parameter weights to its path), "
             "or train from scratch with pretrained=False.") from None
     return path
 

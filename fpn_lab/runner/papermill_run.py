@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from fpn_lab.errors import ParamsError
+from fpn_lab.models.registry import get_preset
 from fpn_lab.runner.context import default_run_name, display_path, project_path, unique_run_dir, write_json_atomic
 from fpn_lab.runner.params import load_params_file, notebook_parameters, validate_params
 
@@ -154,12 +155,14 @@ def run_notebook(params_file: str | Path | None = None, *, overrides: dict | Non
     params.update(overrides or {})
     params, notes = validate_params(params, notebook)
     check_kernel(kernel)
+    spec = notebook_parameters(notebook)
     for note in notes:
         log.warning(note)
-    name = params.get("run_name") or default_run_name(str(params.get("selection", "run")))
+    selection = params.get("selection", spec.get("selection", {}).get("default"))
+    name = params.get("run_name") or default_run_name(get_preset(selection).name if selection is not None else "run")
     run_dir = unique_run_dir(runs_dir, name)
     params["run_dir"] = display_path(run_dir)
-    if "interactive" in notebook_parameters(notebook):
+    if "interactive" in spec:
         params["interactive"] = False  # no one clicks widgets in a headless run: `selection` decides
     out_nb = run_dir / notebook.name
     handler = logging.FileHandler(run_dir / "run.log")
@@ -189,8 +192,9 @@ def run_notebook(params_file: str | Path | None = None, *, overrides: dict | Non
     metrics_path = run_dir / "metrics.json"
     if ok and not metrics_path.exists():
         ok, error = False, RuntimeError("the notebook finished without writing metrics.json")
+    all_params = {**{k: v["default"] for k, v in spec.items()}, **params}
     data = json.loads(metrics_path.read_text()) if ok else {
-        "schema_version": 1, "status": "failed", "params": params, "error": _failure(error)}
+        "schema_version": 1, "status": "failed", "params": all_params, "error": _failure(error)}
     if out_nb.exists():
         try:
             add_summary_cell(out_nb, data)

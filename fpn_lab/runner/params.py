@@ -80,7 +80,9 @@ def coerce(name: str, value, default):
 
     Rules, for the traps of YAML 1.1 (what PyYAML reads):
 
-    * ``null`` is accepted for any parameter; the *string* ``"None"`` is an error (write ``null``).
+    * ``null`` is accepted where the default is ``None`` or a string (an optional path or name);
+      for numbers, booleans, lists and dicts it is an error. The *string* ``"None"`` is an error
+      (write ``null``).
     * float parameter: an int is widened; a numeric string (``1e-3`` is a string in YAML 1.1) is
       converted with a note. int parameter: a numeric string is converted with a note.
     * a boolean where a string, number or list item is expected is an error (``no``, ``yes``,
@@ -88,9 +90,11 @@ def coerce(name: str, value, default):
     * lists: each item must have the type of the default's items (when the default has items).
     * ``selection`` takes an int index or a preset name.
     """
-    if value is None:
-        return None, None
     expected = type(default)
+    if value is None:
+        if default is None or expected is str:
+            return None, None
+        raise ParamsError(f"{name}: got null, but it needs a {expected.__name__} (default {default!r}).")
     if isinstance(value, str) and value.strip() in ("None", "none") and expected is not str:
         raise ParamsError(f"{name}: got the string {value!r}; write null (without quotes) for no value.")
     if isinstance(value, str) and value.strip() == "None":
@@ -103,7 +107,8 @@ def coerce(name: str, value, default):
         raise ParamsError(f"{name}: expected true or false, got {type(value).__name__} {value!r}.")
     if isinstance(value, bool):
         raise ParamsError(f"{name}: expected {expected.__name__}, got the boolean {value!r}; YAML reads "
-                          "yes/no/on/off/true/false as booleans: quote the value.")
+                          "yes/no/on/off/true/false as booleans: quote the value (on the command line: "
+                          f"--set \"{name}='{'yes' if value else 'no'}'\").")
     if expected is float and isinstance(value, int):
         return float(value), None
     if expected in (float, int) and isinstance(value, str):
@@ -166,6 +171,15 @@ def _check_values(params: dict) -> None:
             Letterbox(params["image_size"])
     except FpnLabError as e:
         raise ParamsError(str(e)) from None
+    necks = ("", "fpn", "pafpn", "nasfpn")
+    if params.get("neck") not in (None, *necks):
+        raise ParamsError(f"neck: {params['neck']!r} is not one of {list(necks)} ('' keeps the preset's neck).")
+    name = params.get("run_name")
+    if name and (Path(name).name != name or name in (".", "..")):
+        raise ParamsError(f"run_name: {name!r} must be a plain folder name (no '/' or '..'); runs go under runs/.")
+    weights = params.get("weights")
+    if weights and not project_path(weights).is_file():
+        raise ParamsError(f"weights: {weights!r} is not a file (looked in {project_path(weights)}).")
 
     data_dir = params.get("data_dir")
     if isinstance(data_dir, str) and data_dir and not project_path(data_dir).is_dir():
