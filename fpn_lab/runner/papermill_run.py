@@ -197,6 +197,8 @@ def run_notebook(params_file: str | Path | None = None, *, overrides: dict | Non
         "schema_version": 1, "status": "failed", "params": all_params, "error": _failure(error)}
     if out_nb.exists():
         try:
+            if isinstance(data.get("error", {}).get("cell_index"), int):
+                data["error"]["cell_index"] += 1  # point at the cell in the saved notebook, below the summary
             add_summary_cell(out_nb, data)
             render_html(out_nb, html, hide_input=hide_input)
         except Exception as e:  # rendering failure is a run failure, not a crash of the runner
