@@ -71,3 +71,17 @@ def test_compare_necks_notebook(tmp_path):
     rows = {r["neck"]: r for r in json.loads((run_dir / "metrics.json").read_text())["necks"]}
     assert rows["fpn"]["status"] == "ok" and rows["fpn"]["neck_type"] == "FPN" and rows["fpn"]["GFLOPs"] > 0
     assert rows["nasfpn"]["status"].startswith("skipped: NAS-FPN needs five levels")
+
+
+def test_dead_kernel_is_reported_as_such(tmp_path):
+    import nbformat
+
+    cells = [nbformat.v4.new_code_cell("run_dir = ''"), nbformat.v4.new_code_cell("import os\nos._exit(3)")]
+    cells[0].metadata["tags"] = ["parameters"]
+    nb = tmp_path / "dies.ipynb"
+    meta = {"kernelspec": {"name": "fpn-lab", "display_name": "Python (fpn_lab)", "language": "python"}}
+    nbformat.write(nbformat.v4.new_notebook(cells=cells, metadata=meta), str(nb))
+    run_dir, ok = run_notebook(notebook=nb, runs_dir=tmp_path / "runs", echo=False, overrides={})
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert not ok and metrics["status"] == "failed" and metrics["error"]["ename"] == "DeadKernelError"
+    assert "the kernel died" in metrics["error"]["evalue"]

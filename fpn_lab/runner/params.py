@@ -45,7 +45,11 @@ def notebook_parameters(notebook: str | Path) -> dict[str, dict]:
     """
     import papermill as pm
 
-    found = pm.inspect_notebook(str(notebook))
+    try:
+        found = pm.inspect_notebook(str(notebook))
+    except ValueError as e:  # e.g. no kernelspec in the notebook's metadata
+        raise ParamsError(f"{notebook}: cannot read its parameters ({e}); open it in Jupyter and choose the "
+                          "'Python (fpn_lab)' kernel, then save.") from None
     if not found:
         raise ParamsError(f"{notebook} has no cell tagged 'parameters'; papermill cannot inject values. "
                           "Tag the cell holding the defaults with 'parameters'.")
