@@ -153,9 +153,9 @@ def run_notebook(params_file: str | Path | None = None, *, overrides: dict | Non
         raise ParamsError(f"notebook not found: {notebook}.")
     params = load_params_file(params_file) if params_file else {}
     params.update(overrides or {})
-    params, notes = validate_params(params, notebook)
-    check_kernel(kernel)
     spec = notebook_parameters(notebook)
+    params, notes = validate_params(params, notebook, spec=spec)
+    check_kernel(kernel)
     for note in notes:
         log.warning(note)
     selection = params.get("selection", spec.get("selection", {}).get("default"))
@@ -173,7 +173,6 @@ def run_notebook(params_file: str | Path | None = None, *, overrides: dict | Non
     progress = _Progress(notebook)
     if echo:
         pm_log.addHandler(progress)
-    if echo:
         print(f"[fpn-lab] running {notebook.name} -> {run_dir}", flush=True)
     ok, error = True, None
     try:

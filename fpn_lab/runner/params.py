@@ -140,13 +140,14 @@ def _coerce_list(name: str, value: list, default: list) -> list:
     return value
 
 
-def validate_params(params: dict, notebook: str | Path) -> tuple[dict, list[str]]:
-    """Validate ``params`` against ``notebook``'s parameters; returns ``(params, notes)``.
+def validate_params(params: dict, notebook: str | Path, spec: dict | None = None) -> tuple[dict, list[str]]:
+    """Validate ``params`` against ``notebook``'s parameters (``spec``: its
+    :func:`notebook_parameters`, when already read); returns ``(params, notes)``.
 
     Raises:
         ParamsError: an unknown key (with close matches) or a value of the wrong type.
     """
-    spec = notebook_parameters(notebook)
+    spec = spec if spec is not None else notebook_parameters(notebook)
     out, notes = {}, []
     for key, value in params.items():
         if key not in spec:
