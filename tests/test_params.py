@@ -102,3 +102,8 @@ def test_bad_values_fail_before_any_kernel(params, match):
 def test_more_values_fail_before_any_kernel(params, match):
     with pytest.raises(ParamsError, match=re.escape(match) if "--set" in match else match):
         validate_params(params, NB)
+
+
+def test_unknown_optimizer_fails_before_any_kernel():
+    with pytest.raises(ParamsError, match="opt: 'adamw' is not one of"):
+        validate_params({"opt": "adamw"}, NB)

@@ -146,4 +146,5 @@ def test_voc_missing_size_uses_the_real_image_size(tmp_path):
     parser = VOCBBoxParser(tmp_path, tmp_path)
     (rec,) = parser.parse()
     assert (rec.height, rec.width) == (30, 40) and parser.report.size_fixed == 1
-    np.testing.assert_allclose(rec.boxes, [[1, 2, 40, 20]]) and parser.report.clipped == 1
+    np.testing.assert_allclose(rec.boxes, [[1, 2, 40, 20]])
+    assert parser.report.clipped == 1

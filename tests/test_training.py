@@ -107,7 +107,8 @@ def test_checkpoint_round_trip_and_class_map_check(fridge, tmp_path):
     assert info["preset"] == "yolox_tiny_pafpn_300e" and info["class_names"] == parser.class_map.names
     a = predict_images(model, [records[0].filepath], image_size=64)[0]
     b = predict_images(reloaded, [records[0].filepath], image_size=64)[0]
-    np.testing.assert_allclose(a["boxes"], b["boxes"]) and np.testing.assert_allclose(a["scores"], b["scores"])
+    np.testing.assert_allclose(a["boxes"], b["boxes"])
+    np.testing.assert_allclose(a["scores"], b["scores"])
     with pytest.raises(ModelError, match=r"trained with classes .* but .* were expected"):
         load_checkpoint(path, class_map=list(reversed(parser.class_map.names)))
 
@@ -147,3 +148,19 @@ def test_fine_tune_from_local_coco_style_weights(fridge, tmp_path):
     with learn.no_bar(), learn.no_logging():
         learn.fine_tune(1, 1e-3, freeze_epochs=1)
     assert all(p.requires_grad for p in model.parameters()) and len(learn.recorder.values) == 1
+
+
+def test_lr_find_never_saves_diverged_weights_as_last_good(fridge, tmp_path):
+    from fpn_lab.learner.learner import find_lr
+
+    parser, records = fridge
+    ds = Dataset(records[:4], resize_and_pad(64))
+    model = build_model("yolox_tiny_pafpn_300e", num_classes=len(parser.class_map))
+    ckpt = tmp_path / "last_good.pth"
+    learn = make_learner(make_dataloaders(ds, ds, 2), model, parser.class_map, checkpoint=ckpt, coco=False,
+                         path=tmp_path)
+    with learn.no_bar():
+        assert find_lr(learn, 10, show_plot=False) > 0
+    assert not ckpt.exists() and not (tmp_path / "models").exists()
+    with pytest.raises(ValueError, match="one target dict per image"):
+        model(torch.zeros(1, 3, 64, 64, dtype=torch.uint8), None)

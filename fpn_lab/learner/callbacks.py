@@ -54,7 +54,9 @@ class NonFiniteLossGuard(Callback):
                                 f"(learning rate {lr:.3g}){saved}. Lower the learning rate or check the data.")
 
     def after_epoch(self):
-        if self.checkpoint is not None:
+        # lr_find's epochs end with deliberately diverged weights: never keep those as "good".
+        if self.checkpoint is not None and not hasattr(self.learn, "lr_finder") and all(
+                torch.isfinite(p).all() for p in self.learn.model.parameters()):
             self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.checkpoint.with_suffix(".tmp")
             torch.save(self.learn.model.state_dict(), tmp)

@@ -51,19 +51,18 @@ def build_detector(preset, *, num_classes: int, pretrained: str = "none", neck: 
     return model
 
 
-def _frozen_norm_train_mode(module: nn.Module) -> list[nn.Module]:
-    """Put ``module`` in train mode except its norm layers (returns the norm layers set to eval)."""
+def _frozen_norm_train_mode(module: nn.Module) -> None:
+    """Put ``module`` in train mode except its norm layers, which stay in eval mode."""
     module.train()
-    norms = [m for m in module.modules() if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm))]
-    for m in norms:
-        m.eval()
-    return norms
+    for m in module.modules():
+        if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)):
+            m.eval()
 
 
 class MMDetModel(nn.Module):
     """An mmdet detector behind fpn_lab's batch format.
 
-    ``forward(images, targets=None)``:
+    ``forward(images, targets)``:
 
     * ``images``: ``uint8[B, 3, S, S]`` RGB, letterboxed (see :class:`~fpn_lab.data.transforms.Letterbox`).
     * ``targets``: list of B dicts with ``boxes`` ``float32[N, 4]`` xyxy in network-input pixels,
@@ -73,7 +72,7 @@ class MMDetModel(nn.Module):
     ``{"loss": ..., ..., "predictions": [...]}`` where the losses are computed with the heads in
     training mode but every norm layer in eval mode, so validation never updates BatchNorm
     statistics (and VFNet's head, which returns fewer outputs in eval mode, still gives its
-    training losses). Without targets, only predictions. Each prediction is a dict of
+    training losses). Targets without ``boxes`` (geometry only) give predictions only. Each prediction is a dict of
     ``boxes`` ``float32[M, 4]`` xyxy in network-input pixels, ``scores`` ``float32[M]`` and
     ``labels`` ``int64[M]``.
     """
@@ -159,18 +158,21 @@ class MMDetModel(nn.Module):
         return [{"boxes": r.pred_instances.bboxes.float(), "scores": r.pred_instances.scores.float(),
                  "labels": r.pred_instances.labels.long()} for r in results]
 
-    def forward(self, images: torch.Tensor, targets=None):
+    def forward(self, images: torch.Tensor, targets):
+        if targets is None or len(targets) != len(images):
+            raise ValueError(f"MMDetModel needs one target dict per image (with 'geometry'); got "
+                             f"{None if targets is None else len(targets)} for {len(images)} images. "
+                             "For inference without targets use predict_images() or model.predict().")
         if self.training:
             return self._loss(images, targets, training=True)
         out = {}
-        if targets is not None and any("boxes" in t for t in targets):
-            norms = _frozen_norm_train_mode(self.detector)
+        if all("boxes" in t for t in targets):  # ground truth given (possibly empty): validation loss
+            _frozen_norm_train_mode(self.detector)
             try:
                 with torch.no_grad():
                     out = self._loss(images, targets, training=False)
             finally:
                 self.detector.eval()
-                del norms
         with torch.no_grad():
             out["predictions"] = self.predict(images, [t["geometry"] for t in targets])
         return out

@@ -176,6 +176,9 @@ def _check_values(params: dict) -> None:
             Letterbox(params["image_size"])
     except FpnLabError as e:
         raise ParamsError(str(e)) from None
+    opts = ("adam", "sgd", "recipe")
+    if "opt" in params and params["opt"] not in opts:
+        raise ParamsError(f"opt: {params['opt']!r} is not one of {list(opts)}.")
     necks = ("", "fpn", "pafpn", "nasfpn")
     if params.get("neck") not in (None, *necks):
         raise ParamsError(f"neck: {params['neck']!r} is not one of {list(necks)} ('' keeps the preset's neck).")
