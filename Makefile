@@ -4,7 +4,7 @@
 PY := .venv/bin/python
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: setup demo test test-all bench lab clean-runs
+.PHONY: setup demo test test-all bench bench-parity lab clean-runs
 
 setup:
 	@bash scripts/setup.sh
@@ -20,6 +20,9 @@ test-all: setup
 
 bench: setup
 	bash bench/run_all.sh
+
+bench-parity: setup
+	bash bench/parity_runs.sh
 
 lab: setup
 	.venv/bin/jupyter lab notebooks/

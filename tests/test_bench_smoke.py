@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -10,9 +11,26 @@ import pytest
 from conftest import ROOT
 
 
-@pytest.mark.parametrize("script", ["parse_speed.py", "step_time.py", "train_step_overhead.py", "data_pipeline.py", "coco_eval.py"])
+@pytest.mark.parametrize("script", ["parse_speed.py", "step_time.py", "train_step_overhead.py", "data_pipeline.py", "coco_eval.py",
+                                    "inference.py"])
 def test_bench_quick_mode_runs(script):
     out = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--quick"], capture_output=True, text=True,
                          cwd=ROOT, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.count("|") >= 8
+
+
+def test_accuracy_parity_quick_mode_both_trainers_and_summary(tmp_path):
+    runs = [("fpn_lab", "matched"), ("mmdet", "matched"), ("mmdet", "mmdet")]
+    for trainer, recipe in runs:
+        out = subprocess.run([sys.executable, str(ROOT / "bench" / "accuracy_parity.py"), "--quick", "--trainer", trainer,
+                              "--recipe", recipe, "--out", str(tmp_path / f"{trainer}-{recipe}.json")],
+                             capture_output=True, text=True, cwd=ROOT, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        run = json.loads((tmp_path / f"{trainer}-{recipe}.json").read_text())
+        assert len(run["epoch_log"]) == run["epochs"] and {"AP", "AP50"} <= set(run["final"])
+        assert all(e["steps"] > 0 and 0 <= e["data_wait_share"] < 1 for e in run["epoch_log"])
+    summary = subprocess.run([sys.executable, str(ROOT / "bench" / "accuracy_parity.py"), "--summary", str(tmp_path)],
+                             capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert summary.returncode == 0, summary.stderr[-2000:]
+    assert sum(line.startswith(("| fpn_lab |", "| mmdet |")) for line in summary.stdout.splitlines()) == 3

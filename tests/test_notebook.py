@@ -24,6 +24,9 @@ def test_smoke_run_writes_every_artefact(tmp_path):
     assert set(metrics["metrics"]) >= {"AP", "AP50", "AR100", "per_class_AP"}
     assert metrics["dataset"]["split"] == {"name": "random", "train": 5, "valid": 1}
     assert {"setup", "training", "evaluation", "rendering"} <= set(metrics["timing_s"])
+    peak = metrics["peak_rss_mb"]  # a high-water mark per phase: never falls, and a detector needs > 200 MiB
+    assert list(peak)[-1] == "total_notebook" and {"setup", "training", "evaluation"} <= set(peak)
+    assert list(peak.values()) == sorted(peak.values()) and peak["training"] > 200
     assert len(metrics["history"]) == 1 and metrics["versions"]["mmdet"] == "3.3.0"
     preds = json.loads((run_dir / "predictions.json").read_text())
     assert isinstance(preds, list)  # one epoch at 64 px may score nothing above the head's threshold

@@ -14,6 +14,9 @@
 * ``history``: per epoch ``train_loss``, ``valid_loss``, ``AP``, ``AP50``.
 * ``timing_s``: seconds per phase (``setup``, ``lr_find``, ``training``, ``evaluation``, and
   ``rendering`` added by the runner).
+* ``peak_rss_mb``: the notebook kernel's peak resident memory in MiB (``getrusage`` ``ru_maxrss``,
+  a high-water mark) at the end of each phase and at ``total_notebook``; absent where the
+  platform has no ``resource`` module (Windows).
 * ``versions`` (python, torch, mmcv, mmdet, mmengine, fastai), ``git_commit``, ``finished_at``.
 """
 
@@ -26,6 +29,7 @@ import os
 import platform
 import random
 import subprocess
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -142,6 +146,7 @@ class Run:
         self.dir = project_path(run_dir) if run_dir else unique_run_dir("runs", default_run_name(preset_name))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.timing: dict[str, float] = {}
+        self.peak_rss_mb: dict[str, float] = {}
         self.started = time.perf_counter()
 
     @contextlib.contextmanager
@@ -152,6 +157,15 @@ class Run:
             yield
         finally:
             self.timing[name] = self.timing.get(name, 0.0) + time.perf_counter() - t
+            self._record_peak_rss(name)
+
+    def _record_peak_rss(self, name: str) -> None:
+        try:
+            import resource
+        except ImportError:  # Windows
+            return
+        unit = 1024 * 1024 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+        self.peak_rss_mb[name] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / unit, 1)
 
     def path(self, name: str) -> Path:
         return self.dir / name
@@ -159,8 +173,10 @@ class Run:
     def finish(self, **sections) -> Path:
         """Write ``metrics.json`` with ``status: ok`` and the given sections (see module docstring)."""
         self.timing["total_notebook"] = time.perf_counter() - self.started
+        self._record_peak_rss("total_notebook")
         data = {"schema_version": SCHEMA_VERSION, "status": "ok", "params": self.params, **sections,
                 "timing_s": {k: round(v, 2) for k, v in self.timing.items()}, "versions": library_versions(),
+                **({"peak_rss_mb": self.peak_rss_mb} if self.peak_rss_mb else {}),
                 "git_commit": git_commit(), "host": {"cpus": os.cpu_count(), "platform": platform.platform()},
                 "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         return write_json_atomic(self.path("metrics.json"), data)

@@ -95,7 +95,7 @@ class _Progress(logging.Handler):
 
 
 def add_summary_cell(notebook: Path, metrics: dict) -> None:
-    """Insert a markdown summary (status, preset, key params, AP, AP50, times, versions, commit)
+    """Insert a markdown summary (status, preset, key params, AP, AP50, times, peak memory, versions, commit)
     as the executed notebook's first cell (written atomically)."""
     import nbformat
 
@@ -111,6 +111,8 @@ def add_summary_cell(notebook: Path, metrics: dict) -> None:
             lines.append(f"| {key} | `{p[key]!r}` |")
     if t:
         lines.append("| time (s) | " + ", ".join(f"{k} {v}" for k, v in t.items()) + " |")
+    if metrics.get("peak_rss_mb"):
+        lines.append(f"| peak memory | {max(metrics['peak_rss_mb'].values()):.0f} MiB (kernel resident set) |")
     if metrics.get("error"):
         e = metrics["error"]
         lines.append(f"| error | cell {e.get('cell_index', '?')}: `{e.get('ename')}`: {str(e.get('evalue'))[:200]} |")
