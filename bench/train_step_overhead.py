@@ -1,13 +1,18 @@
 """Training-step overhead of fpn_lab (fastai Learner + MMDetCallback) against a bare mmdet loop.
 
-Both sides train the same model on one identical batch with the same optimiser (SGD, momentum
-0.9), same threads; repeats are interleaved (fpn_lab block, bare block, ...) and the ratio of
-medians is reported. The fpn_lab side runs ``learn.fit`` over a loader that yields that batch
-and times each batch from ``before_batch`` to ``after_batch``, so everything fastai does per step
-(callbacks, recorder, loss smoothing) is counted but not the fit's one-off set-up; the bare side
-times each step the same way. Medians per step, then the median over interleaved repeats.
+Both sides train the same model on one identical batch with the same optimiser arithmetic, same
+threads; repeats are interleaved (fpn_lab block, bare block, ...) and the ratio of medians is
+reported. The fpn_lab side runs ``learn.fit`` with ``make_learner(opt=...)`` over a loader that
+yields that batch and times each batch from ``before_batch`` to ``after_batch``, so everything
+fastai does per step (callbacks, recorder, loss smoothing, optimiser) is counted but not the
+fit's one-off set-up; the bare side times ``preprocess -> detector.loss -> backward -> step ->
+zero_grad`` the same way, with the fastest plain torch optimiser: ``torch.optim.AdamW`` /
+``SGD`` with ``fused=True``, weight decay 0.01 except on norms and biases (what fpn_lab's
+``wd_bn_bias=False`` does), gradients set to None. ``--fastai-optimizer`` puts fastai's own
+``Adam`` / ``SGD`` back on the fpn_lab side (the state before ``FusedAdam`` / ``FusedSGD``).
 
     .venv/bin/python bench/train_step_overhead.py                      # yolox_tiny, retinanet_r18, vfnet_r50
+    .venv/bin/python bench/train_step_overhead.py --fastai-optimizer   # before: fastai's optimiser
     .venv/bin/python bench/train_step_overhead.py --quick              # smoke: one preset, tiny
 """
 
@@ -71,6 +76,18 @@ class SameBatch:
         return self.ds[i % len(self.ds)]
 
 
+def bare_optimizer(model, opt: str, lr: float, wd: float = 0.01):
+    """torch's fused AdamW / SGD, decay on weights only (norm layers and biases without), as fpn_lab's defaults."""
+    from fastai.torch_core import norm_bias_params
+
+    no_wd = {id(p) for p in norm_bias_params(model)}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in no_wd], "weight_decay": wd},
+              {"params": [p for p in model.parameters() if id(p) in no_wd], "weight_decay": 0.0}]
+    if opt == "adam":
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.99), eps=1e-5, fused=True)
+    return torch.optim.SGD(groups, lr=lr, momentum=0.9, fused=True)
+
+
 def bare_steps(model, images, targets, steps, opt):
     model.train()
     times = []
@@ -78,9 +95,9 @@ def bare_steps(model, images, targets, steps, opt):
         t = time.perf_counter()
         inputs, samples = model.preprocess(images, targets, training=True)
         loss, _ = model.detector.parse_losses(model.detector.loss(inputs, samples))
-        opt.zero_grad()
         loss.backward()
         opt.step()
+        opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 
@@ -98,14 +115,25 @@ def main():
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--opt", choices=["adam", "sgd"], default="adam", help="fpn_lab's default is adam")
+    ap.add_argument("--fastai-optimizer", action="store_true", help="fastai's own Adam/SGD on the fpn_lab side")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
+    if args.fastai_optimizer:  # the state before FusedAdam / FusedSGD replaced them in make_learner
+        from functools import partial
+
+        from fastai.optimizer import SGD, Adam
+
+        from fpn_lab.learner import learner as learner_module
+
+        learner_module.OPTIMIZERS.update(adam=Adam, sgd=partial(SGD, mom=0.9))
     if args.quick:
         args.presets, args.size, args.steps, args.repeats = "yolox_tiny_pafpn_300e", 64, 2, 1
     parser = VOCBBoxParser(ROOT / "data/bccd/annotations", ROOT / "data/bccd/images")
     records = parser.parse()[: args.batch]
+    side = "fastai's own" if args.fastai_optimizer else "FusedAdam/FusedSGD"
     print(f"torch threads {torch.get_num_threads()}, batch {args.batch}, {args.size} px, {args.steps} steps x "
-          f"{args.repeats} interleaved repeats\n")
+          f"{args.repeats} interleaved repeats; optimiser {args.opt} (fpn_lab side: {side}; bare: torch fused)\n")
     print("| preset | fpn_lab s/step | bare mmdet s/step | ratio |\n| --- | --- | --- | --- |")
     for name in args.presets.split(","):
         torch.manual_seed(0)
@@ -119,8 +147,8 @@ def main():
         train.dataset.tfms = ds.tfms  # make_learner reads the input size from the dataset's transform
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the small-batch BatchNorm warning: same batch on both sides
-            learn = make_learner(dls, model, parser.class_map, opt="sgd", coco=False, cbs=[SkipValidation(), StepTimer()])
-        opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+            learn = make_learner(dls, model, parser.class_map, opt=args.opt, coco=False, cbs=[SkipValidation(), StepTimer()])
+        opt = bare_optimizer(model, args.opt, lr=1e-4)
         ours, bare = [], []
         for _ in range(args.repeats):
             ours.append(fpn_lab_steps(learn, args.steps))

@@ -91,3 +91,28 @@ def test_state_dict_round_trip_continues_identically():
         m(x).sum().backward()
         opt.step()
     torch.testing.assert_close(b[4].weight, a[4].weight)
+
+
+def test_learner_freeze_keeps_backbone_weights_then_unfreeze_trains_them(bccd_records):
+    """fine_tune's two phases through make_learner's default optimiser (FusedAdam) on a real detector."""
+    from fpn_lab.data.dataloaders import Dataset, make_dataloaders
+    from fpn_lab.data.transforms import resize_and_pad
+    from fpn_lab.learner.learner import make_learner
+    from fpn_lab.models.build import build_model
+
+    parser, train, _ = bccd_records
+    ds = Dataset(train[:4], resize_and_pad(64))
+    model = build_model("yolox_tiny_pafpn_300e", num_classes=3)
+    learn = make_learner(make_dataloaders(ds, ds, 4), model, parser.class_map, coco=False)
+    conv = model.backbone.stem.conv.conv.weight  # a backbone convolution (not a norm: train_bn keeps those training)
+    head = model.head.multi_level_conv_cls[0].weight
+    conv0, head0 = conv.detach().clone(), head.detach().clone()
+    learn.freeze()  # creates the optimiser
+    assert isinstance(learn.opt, FusedAdam)
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(1, 1e-3)
+    assert torch.equal(conv, conv0) and not torch.equal(head, head0)
+    learn.unfreeze()
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(1, 1e-3)
+    assert not torch.equal(conv, conv0)

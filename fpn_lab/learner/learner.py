@@ -11,15 +11,16 @@ from pathlib import Path
 import fastai.callback.progress  # noqa: F401  (progress bars and CSV-style table)
 import fastai.callback.schedule  # noqa: F401  (patches Learner.fit_one_cycle, fine_tune, lr_find)
 from fastai.learner import Learner
-from fastai.optimizer import SGD, Adam
 from fastai.torch_core import params
 from torch import nn
 
 from fpn_lab.errors import DataError
 from fpn_lab.learner.callbacks import MMDetCallback, NonFiniteLossGuard
 from fpn_lab.learner.metrics import coco_metrics
+from fpn_lab.learner.optim import FusedAdam, FusedSGD
 
-OPTIMIZERS = {"adam": Adam, "sgd": partial(SGD, mom=0.9)}
+#: fastai's Adam / SGD arithmetic, stepped by torch's fused kernels (:mod:`fpn_lab.learner.optim`).
+OPTIMIZERS = {"adam": FusedAdam, "sgd": partial(FusedSGD, mom=0.9)}
 
 
 def detection_loss(pred: dict, *targets):
@@ -40,7 +41,9 @@ def make_learner(dls, model, class_map, *, opt: str = "adam", wd: float = 0.01, 
         dls: from :func:`~fpn_lab.data.dataloaders.make_dataloaders`.
         model: :class:`~fpn_lab.mmdet_adapter.wrapper.MMDetModel`.
         class_map: the dataset's :class:`~fpn_lab.core.class_map.ClassMap` (names per label).
-        opt: ``"adam"`` (fastai's Adam, decoupled weight decay), ``"sgd"`` (momentum 0.9) or
+        opt: ``"adam"`` (fastai's Adam: decoupled weight decay, betas (0.9, 0.99), eps 1e-5),
+            ``"sgd"`` (momentum 0.9), both stepped by torch's fused kernels
+            (:class:`~fpn_lab.learner.optim.FusedAdam`, :class:`~fpn_lab.learner.optim.FusedSGD`), or
             ``"recipe"``: the preset's mmdet recipe (:func:`recipe_settings`; ``wd`` is then the
             recipe's).
         wd: weight decay; not applied to norm layers and biases (fastai ``wd_bn_bias=False``).
@@ -126,9 +129,9 @@ def recipe_settings(recipe) -> tuple:
     from fastai.callback.training import GradientClip
 
     if recipe.optimizer.upper() == "SGD":
-        opt_func = partial(SGD, mom=recipe.momentum or 0.0, decouple_wd=False)
+        opt_func = partial(FusedSGD, mom=recipe.momentum or 0.0, decouple_wd=False)
     else:
-        opt_func = partial(Adam, decouple_wd=True)
+        opt_func = partial(FusedAdam, decouple_wd=True)
     wd_bn_bias = not (recipe.norm_decay_mult == 0 or recipe.bias_decay_mult == 0)
     cbs = [GradientClip(recipe.grad_clip_max_norm)] if recipe.grad_clip_max_norm else []
     return opt_func, recipe.weight_decay, wd_bn_bias, cbs
