@@ -149,7 +149,9 @@ def run_fpn_lab(args, class_map, train_records, valid_records):
     with learn.no_bar():
         learn.fit_one_cycle(args.epochs, args.lr)
     result, _ = evaluate(model, valid_ds, class_map.names)
-    return log, result, {}
+    aug = " ".join(f"{type(t).__name__}({t.p:g})" for t in train_ds.tfms.pipeline.transforms)
+    return log, result, {"optimizer": f"{type(learn.opt).__module__.split('.')[0]}.{type(learn.opt).__name__}",
+                         "augmentation": aug}
 
 
 # ----------------------------------------------------------------------------------------------- mmdet
@@ -291,7 +293,9 @@ def run_mmdet(args, class_map, train_records, valid_records):
     ours.detector.load_state_dict(state)
     valid_ds = Dataset(valid_records, resize_and_pad(args.size, pad_value=ours.preset.pad_value))
     result, _ = evaluate(ours, valid_ds, class_map.names)
-    return log, result, {}
+    aug = " ".join(t["type"] for t in (cfg.train_dataloader.dataset.get("pipeline") or []) if t["type"] not in
+                   ("LoadImageFromFile", "LoadAnnotations", "PackDetInputs", "FilterAnnotations"))
+    return log, result, {"optimizer": f"torch.{type(runner.optim_wrapper.optimizer).__name__}", "augmentation": aug}
 
 
 # --------------------------------------------------------------------------------------------- summary
@@ -299,7 +303,13 @@ def summary(folder: Path) -> None:
     runs = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
     groups: dict[tuple, list] = {}
     for r in runs:
-        groups.setdefault((r["trainer"], r["recipe"], r["epochs"]), []).append(r)
+        if "optimizer" not in r:  # runs recorded before the field existed
+            r["optimizer"] = {"fpn_lab": "fastai.Adam", "mmdet": "torch.AdamW"}[r["trainer"]] if r["recipe"] == "matched" \
+                else "torch.SGD"
+        if "augmentation" not in r:  # runs recorded before the field existed
+            r["augmentation"] = ("HorizontalFlip(0.5) Affine(0.8) RandomBrightnessContrast(0.5) HueSaturationValue(0.5)"
+                                 if r["trainer"] == "fpn_lab" else "RandomFlip RandomAffine YOLOXHSVRandomAug Resize Pad")
+        groups.setdefault((r["trainer"], r["recipe"], r["optimizer"], r["augmentation"], r["epochs"]), []).append(r)
 
     def ms(values, fmt="{:.3f}"):
         values = [v for v in values if v is not None and not math.isnan(v)]
@@ -308,10 +318,10 @@ def summary(folder: Path) -> None:
         sd = statistics.stdev(values) if len(values) > 1 else float("nan")
         return (fmt + " ± " + fmt).format(statistics.mean(values), sd)
 
-    print("| trainer | recipe | epochs | seeds | AP (mean ± sd) | AP50 | train s/epoch | data-wait share | "
+    print("| trainer | recipe | optimiser | augmentation | epochs | seeds | AP (mean ± sd) | AP50 | train s/epoch | data-wait share | "
           "s to AP50 >= 0.8 | total train s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for (trainer, recipe, epochs), rs in sorted(groups.items()):
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for (trainer, recipe, optimizer, aug, epochs), rs in sorted(groups.items()):
         def to_ap50(r, bar=0.8):
             return next((e["elapsed_s"] for e in r["epoch_log"] if e["AP50"] >= bar), None)
 
@@ -319,14 +329,14 @@ def summary(folder: Path) -> None:
         wait = [statistics.median(e["data_wait_share"] for e in r["epoch_log"]) for r in rs]
         reach = [to_ap50(r) for r in rs]
         reached = [v for v in reach if v is not None]
-        print(f"| {trainer} | {recipe} | {epochs} | {','.join(str(r['seed']) for r in rs)} | "
+        print(f"| {trainer} | {recipe} | {optimizer} | {aug} | {epochs} | {','.join(str(r['seed']) for r in rs)} | "
               f"{ms([r['final']['AP'] for r in rs])} | {ms([r['final']['AP50'] for r in rs])} | "
               f"{ms(t_epoch, '{:.1f}')} | {ms(wait, '{:.3f}')} | "
               f"{ms(reached, '{:.0f}') if reached else '-'} ({len(reached)}/{len(rs)} reached) | "
               f"{ms([sum(e['train_s'] for e in r['epoch_log']) for r in rs], '{:.0f}')} |")
     print("\nPer-epoch AP50 (each run):")
     for r in runs:
-        print(f"- {r['trainer']}/{r['recipe']} seed {r['seed']}: "
+        print(f"- {r['trainer']}/{r['recipe']}/{r['optimizer']} seed {r['seed']}: "
               + " ".join(f"{e['AP50']:.2f}" for e in r["epoch_log"])
               + f"  (final AP {r['final']['AP']:.3f} by fpn_lab's evaluate; the trainer's own metric after the "
                 f"last epoch: {r['epoch_log'][-1]['AP']:.3f})")

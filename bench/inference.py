@@ -111,21 +111,44 @@ def prepare(args, tmp: Path):
     torch.save({"state_dict": model.detector.state_dict(), "meta": {"dataset_meta": {"classes": parser.class_map.names}}},
                ckpt.with_suffix(".mmdet.pth"))
     (tmp / "paths.json").write_text(json.dumps(paths))
-    return ckpt, tmp / "paths.json", source, model.preset.name
+    return ckpt, tmp / "paths.json", source, model.preset.name, test[: args.images], parser.class_map.names
 
 
-def agreement(a, b) -> tuple[int, int, float]:
-    """(boxes on side a, boxes on side b, largest |difference| in pixels over boxes with the same rank)."""
+def agreement(a, b, min_score: float = 0.3) -> tuple[float, float]:
+    """Of side a's detections scoring >= ``min_score``: the fraction with a same-label detection on
+    side b at IoU >= 0.95, and the largest score difference of those matches."""
+    import torch
+    from torchvision.ops import box_iou
+
+    matched = total = 0
+    score_diff = 0.0
+    for pa, pb in zip(a, b):
+        ba, sa, la = (torch.tensor(pa[k], dtype=torch.float64) for k in ("boxes", "scores", "labels"))
+        bb, sb, lb = (torch.tensor(pb[k], dtype=torch.float64) for k in ("boxes", "scores", "labels"))
+        keep = sa >= min_score
+        ba, sa, la = ba[keep].reshape(-1, 4), sa[keep], la[keep]
+        total += len(ba)
+        if not len(ba) or not len(bb):
+            continue
+        iou = box_iou(ba, bb.reshape(-1, 4)) * (la[:, None] == lb[None, :])
+        best, j = iou.max(1)
+        ok = best >= 0.95
+        matched += int(ok.sum())
+        if ok.any():
+            score_diff = max(score_diff, float((sa[ok] - sb[j[ok]]).abs().max()))
+    return matched / max(total, 1), score_diff
+
+
+def coco_ap(records, class_names, preds) -> tuple[float, float]:
+    """AP and AP50 of one side's predictions with fpn_lab's COCO evaluation (pycocotools)."""
     import numpy as np
 
-    na = sum(len(p["boxes"]) for p in a)
-    nb = sum(len(p["boxes"]) for p in b)
-    diff = 0.0
-    for pa, pb in zip(a, b):
-        n = min(len(pa["boxes"]), len(pb["boxes"]), 20)  # the top 20 per image (ties further down may reorder)
-        if n:
-            diff = max(diff, float(np.abs(np.asarray(pa["boxes"][:n]) - np.asarray(pb["boxes"][:n])).max()))
-    return na, nb, diff
+    from fpn_lab.metrics.coco import coco_evaluate, detections_to_coco
+
+    dets = [d for r, p in zip(records, preds)
+            for d in detections_to_coco(r.record_id, np.asarray(p["boxes"]).reshape(-1, 4), p["scores"], p["labels"])]
+    res = coco_evaluate(records, dets, class_names)
+    return res["AP"], res["AP50"]
 
 
 def main():
@@ -150,7 +173,7 @@ def main():
         found = sorted(ROOT.glob("runs/*yolox_tiny*/model.pth"), key=lambda p: p.stat().st_mtime)
         args.weights = found[-1] if found else None
     with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
-        ckpt, paths, source, preset = prepare(args, Path(tmp))
+        ckpt, paths, source, preset, records, class_names = prepare(args, Path(tmp))
         runs = {"fpn_lab": [], "mmdet": []}
         for _ in range(args.repeats):
             for side in runs:
@@ -161,18 +184,29 @@ def main():
                     sys.exit(f"{side} failed:\n{done.stderr[-3000:]}")
                 runs[side].append(json.loads(done.stdout.strip().splitlines()[-1]))
     f, m = runs["fpn_lab"], runs["mmdet"]
-    n_f, n_m, diff = agreement(f[0]["predictions"], m[0]["predictions"])
+    same, score_diff = agreement(f[0]["predictions"], m[0]["predictions"])
     print(f"{preset}, weights: {source}; {f[0]['images']} BCCD test images, {args.size} px, batch {args.batch}, "
           f"torch threads {f[0]['threads']}, {args.repeats} interleaved repeats (one process per side and repeat)\n")
-    print("| | images/s (median) | peak RSS MiB (process) | peak RSS before the timed loop | detections |")
-    print("| --- | --- | --- | --- | --- |")
-    for name, rs, n in (("fpn_lab predict_images", f, n_f), ("mmdet DetInferencer", m, n_m)):
+    print("| | images/s (median) | peak RSS MiB (process) | peak RSS before the timed loop | detections | "
+          "AP / AP50 (fpn_lab's COCO evaluation) |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, rs in (("fpn_lab predict_images", f), ("mmdet DetInferencer", m)):
+        ap, ap50 = coco_ap(records, class_names, rs[0]["predictions"])
         print(f"| {name} | {statistics.median(r['img_per_s'] for r in rs):.1f} | "
               f"{statistics.median(r['peak_rss_mb'] for r in rs):.0f} | "
-              f"{statistics.median(r['peak_rss_before_timed_mb'] for r in rs):.0f} | {n} |")
+              f"{statistics.median(r['peak_rss_before_timed_mb'] for r in rs):.0f} | "
+              f"{sum(len(p['boxes']) for p in rs[0]['predictions'])} | {ap:.4f} / {ap50:.4f} |")
+    # fpn_lab clips boxes to the image (Geometry.to_original); mmdet's YOLOX rescale does not
+    clipped = [{**p, "boxes": [[min(max(x1, 0), r.width), min(max(y1, 0), r.height), min(max(x2, 0), r.width),
+                                min(max(y2, 0), r.height)] for x1, y1, x2, y2 in p["boxes"]]}
+               for r, p in zip(records, m[0]["predictions"])]
+    same_c, score_diff_c = agreement(f[0]["predictions"], clipped)
+    ap, ap50 = coco_ap(records, class_names, clipped)
+    print(f"| mmdet DetInferencer, boxes clipped to the image | | | | | {ap:.4f} / {ap50:.4f} |")
     ratio = statistics.median(r["img_per_s"] for r in f) / statistics.median(r["img_per_s"] for r in m)
-    print(f"\nfpn_lab / mmdet images per second: {ratio:.3f}; largest box difference over the top 20 per image: "
-          f"{diff:.3f} px")
+    print(f"\nfpn_lab / mmdet images per second: {ratio:.3f}. Of fpn_lab's detections scoring >= 0.3, "
+          f"{100 * same:.1f} % have a same-label mmdet detection at IoU >= 0.95, {100 * same_c:.1f} % once mmdet's "
+          f"boxes are clipped to the image as fpn_lab's are (largest score difference {max(score_diff, score_diff_c):.4f}).")
 
 
 if __name__ == "__main__":

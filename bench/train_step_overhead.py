@@ -117,6 +117,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--opt", choices=["adam", "sgd"], default="adam", help="fpn_lab's default is adam")
     ap.add_argument("--fastai-optimizer", action="store_true", help="fastai's own Adam/SGD on the fpn_lab side")
+    ap.add_argument("--profile", action="store_true",
+                    help="after timing, cProfile both sides (top functions by own time) for each preset")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     if args.fastai_optimizer:  # the state before FusedAdam / FusedSGD replaced them in make_learner
@@ -135,6 +137,7 @@ def main():
     print(f"torch threads {torch.get_num_threads()}, batch {args.batch}, {args.size} px, {args.steps} steps x "
           f"{args.repeats} interleaved repeats; optimiser {args.opt} (fpn_lab side: {side}; bare: torch fused)\n")
     print("| preset | fpn_lab s/step | bare mmdet s/step | ratio |\n| --- | --- | --- | --- |")
+    profiles = []
     for name in args.presets.split(","):
         torch.manual_seed(0)
         model = build_model(name, num_classes=3)
@@ -155,6 +158,27 @@ def main():
             bare.append(bare_steps(model, images, targets, args.steps, opt))
         o, b = statistics.median(ours), statistics.median(bare)
         print(f"| {name} | {o:.3f} | {b:.3f} | {o / b:.3f} |", flush=True)
+        if args.profile:
+            profiles.append((name, profile(lambda: fpn_lab_steps(learn, args.steps)),
+                             profile(lambda: bare_steps(model, images, targets, args.steps, opt))))
+    for name, ours, bare in profiles:
+        print(f"\n### {name}: fpn_lab, {args.steps} steps, top functions by own time\n{ours}")
+        print(f"### {name}: bare mmdet loop, {args.steps} steps\n{bare}")
+
+
+def profile(fn, top: int = 14) -> str:
+    import cProfile
+    import io
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    fn()
+    prof.disable()
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(top)
+    text = out.getvalue()
+    return text[text.find("ncalls"):].rstrip()  # drop pstats' header lines
 
 
 if __name__ == "__main__":
