@@ -300,7 +300,15 @@ def run_mmdet(args, class_map, train_records, valid_records):
 
 # --------------------------------------------------------------------------------------------- summary
 def summary(folder: Path) -> None:
-    runs = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    """Tables over every run JSON in ``folder``. Runs named in ``folder/CONTENDED`` (one file stem a
+    line, ``#`` comments) shared the CPU with other work: their accuracy counts, their times do not."""
+    contended = set()
+    if (folder / "CONTENDED").is_file():
+        contended = {line.split("#")[0].strip() for line in (folder / "CONTENDED").read_text().splitlines()} - {""}
+    runs = []
+    for p in sorted(folder.glob("*.json")):
+        runs.append(json.loads(p.read_text()))
+        runs[-1]["timed"] = p.stem not in contended
     groups: dict[tuple, list] = {}
     for r in runs:
         if "optimizer" not in r:  # runs recorded before the field existed
@@ -318,22 +326,29 @@ def summary(folder: Path) -> None:
         sd = statistics.stdev(values) if len(values) > 1 else float("nan")
         return (fmt + " ± " + fmt).format(statistics.mean(values), sd)
 
-    print("| trainer | recipe | optimiser | augmentation | epochs | seeds | AP (mean ± sd) | AP50 | train s/epoch | data-wait share | "
-          "s to AP50 >= 0.8 | total train s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| trainer | recipe | optimiser | augmentation | epochs | seeds | AP (mean ± sd) | AP50 | train s/epoch | "
+          "step s | data wait s/step | data-wait share | validation s/epoch | s to AP50 >= 0.8 | total train s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for (trainer, recipe, optimizer, aug, epochs), rs in sorted(groups.items()):
         def to_ap50(r, bar=0.8):
             return next((e["elapsed_s"] for e in r["epoch_log"] if e["AP50"] >= bar), None)
 
-        t_epoch = [statistics.median(e["train_s"] for e in r["epoch_log"]) for r in rs]
-        wait = [statistics.median(e["data_wait_share"] for e in r["epoch_log"]) for r in rs]
-        reach = [to_ap50(r) for r in rs]
+        timed = [r for r in rs if r["timed"]] or rs
+        t_epoch = [statistics.median(e["train_s"] for e in r["epoch_log"]) for r in timed]
+        wait = [statistics.median(e["data_wait_share"] for e in r["epoch_log"]) for r in timed]
+        step = [statistics.median(e["step_s"] / e["steps"] for e in r["epoch_log"]) for r in timed]
+        wait_s = [statistics.median(e["data_wait_s"] / e["steps"] for e in r["epoch_log"]) for r in timed]
+        val = [statistics.median(b["elapsed_s"] - a["elapsed_s"] - b["train_s"]
+                                 for a, b in zip(r["epoch_log"], r["epoch_log"][1:])) for r in timed]
+        reach = [to_ap50(r) for r in timed]
         reached = [v for v in reach if v is not None]
         print(f"| {trainer} | {recipe} | {optimizer} | {aug} | {epochs} | {','.join(str(r['seed']) for r in rs)} | "
               f"{ms([r['final']['AP'] for r in rs])} | {ms([r['final']['AP50'] for r in rs])} | "
-              f"{ms(t_epoch, '{:.1f}')} | {ms(wait, '{:.3f}')} | "
-              f"{ms(reached, '{:.0f}') if reached else '-'} ({len(reached)}/{len(rs)} reached) | "
-              f"{ms([sum(e['train_s'] for e in r['epoch_log']) for r in rs], '{:.0f}')} |")
+              f"{ms(t_epoch, '{:.1f}')} | {ms(step, '{:.3f}')} | {ms(wait_s, '{:.3f}')} | {ms(wait, '{:.3f}')} | "
+              f"{ms(val, '{:.1f}')} | "
+              f"{ms(reached, '{:.0f}') if reached else '-'} ({len(reached)}/{len(timed)} reached) | "
+              f"{ms([sum(e['train_s'] for e in r['epoch_log']) for r in timed], '{:.0f}')}"
+              + (f" (times: seeds {','.join(str(r['seed']) for r in timed)})" if len(timed) < len(rs) else "") + " |")
     print("\nPer-epoch AP50 (each run):")
     for r in runs:
         print(f"- {r['trainer']}/{r['recipe']}/{r['optimizer']} seed {r['seed']}: "

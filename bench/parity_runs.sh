@@ -2,7 +2,9 @@
 # Accuracy parity (issue #7, item 3): fpn_lab and mmdet's own trainer, matched recipe, seeds 0..2,
 # interleaved per seed; then mmdet's own YOLOX recipe for 20 epochs (the anchor), seeds 0..2.
 # CPU hours: run it in the background. Raw logs and one JSON per run in bench/logs/parity/;
-# the summary table is bench/logs/parity/summary.txt.
+# the summary table is bench/logs/parity/summary.txt. fpn_lab-matched-before-* are kept from the code
+# before FusedAdam and the YOLOX-style colour/affine defaults (bench/RESULTS.md, section 3); runs
+# named in bench/logs/parity/CONTENDED shared the CPU: their accuracy counts, their times do not.
 #   bash bench/parity_runs.sh            # everything (about 100 minutes on 2 cores)
 #   SEEDS="0" bash bench/parity_runs.sh  # one seed
 set -uo pipefail

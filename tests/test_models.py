@@ -12,6 +12,7 @@ from fpn_lab.data.dataloaders import Dataset, collate
 from fpn_lab.data.transforms import resize_and_pad
 from fpn_lab.errors import WeightsUnavailableError
 from fpn_lab.models.build import build_model
+from fpn_lab.mmdet_adapter.wrapper import _frozen_norm_train_mode
 from fpn_lab.models.registry import get_preset, list_models
 
 HEAVY = ("*r101*", "yolox_l_*", "yolox_x_*")
@@ -47,6 +48,14 @@ def test_preset_builds_steps_and_predicts(name, bccd_records, no_network):
     assert len(preds) == 2 and all(p["boxes"].shape[1] == 4 for p in preds)
     val = model(images, targets)  # validation: losses without touching BatchNorm statistics
     assert math.isfinite(float(val["loss"])) and len(val["predictions"]) == 2
+    for a, b in zip(val["predictions"], preds):  # the shared backbone pass predicts exactly what predict() does
+        assert all(torch.equal(a[k], b[k]) for k in ("boxes", "scores", "labels"))
+    # and its loss is the detector's own loss with every norm layer in eval mode
+    _frozen_norm_train_mode(model.detector)
+    with torch.no_grad():
+        ref = model._loss(images, targets, training=False)
+    model.eval()
+    torch.testing.assert_close(val["loss"], ref["loss"])
 
 
 @pytest.mark.parametrize("selection", [0, 1, 4])

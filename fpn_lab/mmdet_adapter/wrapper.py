@@ -69,10 +69,10 @@ class MMDetModel(nn.Module):
       ``labels`` ``int64[N]`` and ``geometry`` (:class:`~fpn_lab.data.transforms.Geometry`).
 
     Returns, in training mode: ``{"loss": scalar, <mmdet loss name>: scalar, ...}``. In eval mode:
-    ``{"loss": ..., ..., "predictions": [...]}`` where the losses are computed with the heads in
-    training mode but every norm layer in eval mode, so validation never updates BatchNorm
-    statistics (and VFNet's head, which returns fewer outputs in eval mode, still gives its
-    training losses). Targets without ``boxes`` (geometry only) give predictions only. Each prediction is a dict of
+    ``{"loss": ..., ..., "predictions": [...]}`` from one backbone + neck pass: the losses are
+    computed with the head in training mode but every norm layer in eval mode, so validation
+    never updates BatchNorm statistics (and VFNet's head, which returns fewer outputs in eval
+    mode, still gives its training losses); the predictions are exactly :meth:`predict`'s. Targets without ``boxes`` (geometry only) give predictions only. Each prediction is a dict of
     ``boxes`` ``float32[M, 4]`` xyxy in network-input pixels, ``scores`` ``float32[M]`` and
     ``labels`` ``int64[M]``.
     """
@@ -136,8 +136,12 @@ class MMDetModel(nn.Module):
 
     def _loss(self, images, targets, training: bool) -> dict:
         inputs, samples = self.preprocess(images, targets, training)
+        return self._parsed_losses(lambda: self.detector.loss(inputs, samples))
+
+    def _parsed_losses(self, compute) -> dict:
+        """``{"loss": total, <loss name>: detached value, ...}`` from ``compute()`` (mmdet's loss dict)."""
         try:
-            raw = self.detector.loss(inputs, samples)
+            raw = compute()
         except RuntimeError:
             # Diverged weights (e.g. lr_find's highest learning rates) make mmdet's assigners fail on
             # NaN scores before any loss exists. Report a NaN loss so fastai's LRFinder stops and
@@ -154,9 +158,12 @@ class MMDetModel(nn.Module):
         targets = [{"geometry": g, "boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}
                    for g in geometries]
         inputs, samples = self.preprocess(images, targets, training=False)
-        results = self.detector.predict(inputs, samples, rescale=False)
-        return [{"boxes": r.pred_instances.bboxes.float(), "scores": r.pred_instances.scores.float(),
-                 "labels": r.pred_instances.labels.long()} for r in results]
+        return self._predict_features(self.detector.extract_feat(inputs), samples)
+
+    def _predict_features(self, features, samples) -> list[dict]:
+        # what mmdet's SingleStageDetector.predict does after extract_feat, without its rescale
+        results = self.detector.bbox_head.predict(features, samples, rescale=False)
+        return [{"boxes": r.bboxes.float(), "scores": r.scores.float(), "labels": r.labels.long()} for r in results]
 
     def forward(self, images: torch.Tensor, targets):
         if targets is None or len(targets) != len(images):
@@ -165,16 +172,21 @@ class MMDetModel(nn.Module):
                              "For inference without targets use predict_images() or model.predict().")
         if self.training:
             return self._loss(images, targets, training=True)
-        out = {}
-        if all("boxes" in t for t in targets):  # ground truth given (possibly empty): validation loss
-            _frozen_norm_train_mode(self.detector)
-            try:
-                with torch.no_grad():
-                    out = self._loss(images, targets, training=False)
-            finally:
-                self.detector.eval()
+        if not all("boxes" in t for t in targets):  # geometry only: predictions
+            with torch.no_grad():
+                return {"predictions": self.predict(images, [t["geometry"] for t in targets])}
+        # Validation: one backbone + neck pass (norm layers in eval mode, as in prediction) serves
+        # both the loss, computed by the head in training mode (VFNet's head returns its training
+        # outputs only there), and the predictions, made by the head in eval mode.
         with torch.no_grad():
-            out["predictions"] = self.predict(images, [t["geometry"] for t in targets])
+            inputs, samples = self.preprocess(images, targets, training=False)
+            features = self.detector.extract_feat(inputs)
+            _frozen_norm_train_mode(self.detector.bbox_head)
+            try:
+                out = self._parsed_losses(lambda: self.detector.bbox_head.loss(features, samples))
+            finally:
+                self.detector.bbox_head.eval()
+            out["predictions"] = self._predict_features(features, samples)
         return out
 
 
