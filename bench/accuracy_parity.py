@@ -338,8 +338,9 @@ def summary(folder: Path) -> None:
         wait = [statistics.median(e["data_wait_share"] for e in r["epoch_log"]) for r in timed]
         step = [statistics.median(e["step_s"] / e["steps"] for e in r["epoch_log"]) for r in timed]
         wait_s = [statistics.median(e["data_wait_s"] / e["steps"] for e in r["epoch_log"]) for r in timed]
-        val = [statistics.median(b["elapsed_s"] - a["elapsed_s"] - b["train_s"]
-                                 for a, b in zip(r["epoch_log"], r["epoch_log"][1:])) for r in timed]
+        val = [statistics.median(b["elapsed_s"] - a - b["train_s"]  # elapsed_s counts from the first epoch's start
+                                 for a, b in zip([0.0] + [e["elapsed_s"] for e in r["epoch_log"]], r["epoch_log"]))
+               for r in timed]
         reach = [to_ap50(r) for r in timed]
         reached = [v for v in reach if v is not None]
         print(f"| {trainer} | {recipe} | {optimizer} | {aug} | {epochs} | {','.join(str(r['seed']) for r in rs)} | "
