@@ -25,8 +25,10 @@ from __future__ import annotations
 import torch
 from fastai.optimizer import Optimizer
 
-#: Parameter dtypes torch's fused Adam / SGD kernels accept; other dtypes use torch's foreach path.
+#: Parameter dtypes and devices fpn_lab sends to torch's fused Adam / SGD kernels; anything else
+#: (another device type, mixed devices in one group) takes torch's foreach path: same arithmetic.
 _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_FUSED_DEVICES = ("cpu", "cuda")
 
 
 class _FusedOptimizer(Optimizer):
@@ -52,7 +54,8 @@ class _FusedOptimizer(Optimizer):
                     (with_wd if self.state[p].get("do_wd", True) else without_wd).append(p)
             for ps, wd in ((with_wd, hyper["wd"]), (without_wd, 0.0)):
                 if ps:
-                    fused = all(p.dtype in _FUSED_DTYPES and p.device == ps[0].device for p in ps)
+                    fused = ps[0].device.type in _FUSED_DEVICES and all(
+                        p.dtype in _FUSED_DTYPES and p.device == ps[0].device for p in ps)
                     self._update(ps, hyper, float(wd), fused)
 
     def _update(self, ps, hyper, wd, fused):  # pragma: no cover - abstract

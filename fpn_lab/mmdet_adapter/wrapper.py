@@ -72,7 +72,8 @@ class MMDetModel(nn.Module):
     ``{"loss": ..., ..., "predictions": [...]}`` from one backbone + neck pass: the losses are
     computed with the head in training mode but every norm layer in eval mode, so validation
     never updates BatchNorm statistics (and VFNet's head, which returns fewer outputs in eval
-    mode, still gives its training losses); the predictions are exactly :meth:`predict`'s. Targets without ``boxes`` (geometry only) give predictions only. Each prediction is a dict of
+    mode, still gives its training losses); the predictions are exactly :meth:`predict`'s.
+    Targets without ``boxes`` (geometry only) give predictions only. Each prediction is a dict of
     ``boxes`` ``float32[M, 4]`` xyxy in network-input pixels, ``scores`` ``float32[M]`` and
     ``labels`` ``int64[M]``.
     """
