@@ -48,8 +48,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-CLASSES = None  # filled from the parser
-
 
 def load_bccd(quick: bool):
     from fpn_lab.data.parsers import VOCBBoxParser

@@ -7,5 +7,6 @@ cd "$(dirname "$0")/.."
 mkdir -p bench/logs
 for script in parse_speed coco_eval data_pipeline train_step_overhead inference step_time; do
   echo "== $script"
-  { date -u +"%Y-%m-%dT%H:%M:%SZ"; .venv/bin/python "bench/$script.py"; } 2>&1 | grep -v "Warning\|warnings.warn" | tee "bench/logs/$script.txt"
+  args=(); [[ $script == train_step_overhead ]] && args=(--profile)
+  { date -u +"%Y-%m-%dT%H:%M:%SZ"; .venv/bin/python "bench/$script.py" "${args[@]}"; } 2>&1 | grep -v "Warning\|warnings.warn" | tee "bench/logs/$script.txt"
 done
