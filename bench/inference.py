@@ -38,7 +38,7 @@ def side_fpn_lab(args, paths):
     from fpn_lab.checkpoint import load_checkpoint
     from fpn_lab.inference import predict_images
 
-    model, info = load_checkpoint(args.ckpt)
+    model, _ = load_checkpoint(args.ckpt)
     model.eval()
     predict_images(model, paths[: args.batch], image_size=args.size, batch_size=args.batch)  # warm-up
     before = peak_rss_mb()
@@ -50,12 +50,13 @@ def side_fpn_lab(args, paths):
 
 
 def side_mmdet(args, paths):
+    import torch
     from mmdet.apis import DetInferencer
+    from mmengine.config import Config
 
-    from fpn_lab.checkpoint import load_checkpoint
-
-    model, info = load_checkpoint(args.ckpt)  # the same config fpn_lab built, with mmdet's test pipeline at --size
-    cfg = model.cfg.copy()
+    # the config fpn_lab built (kept in its checkpoint as plain types), with mmdet's test pipeline at
+    # --size; no fpn_lab model is built in this process, so its peak memory is mmdet's alone
+    cfg = Config(torch.load(args.ckpt, map_location="cpu", weights_only=True)["config"])
     size = (args.size, args.size)
     cfg.test_dataloader = dict(dataset=dict(pipeline=[
         dict(type="LoadImageFromFile"), dict(type="Resize", scale=size, keep_ratio=True),
