@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -9,7 +10,10 @@ import numpy as np
 import torch
 
 from fpn_lab.data.images import load_image
-from fpn_lab.data.transforms import Geometry, Letterbox
+from fpn_lab.data.transforms import Geometry, Letterbox, check_image_array
+from fpn_lab.errors import DataError
+
+log = logging.getLogger("fpn_lab.inference")
 
 
 @torch.no_grad()
@@ -37,17 +41,78 @@ def predict_batches(model, batches: Iterable[tuple[torch.Tensor, Sequence[Geomet
     return out
 
 
+ON_ERROR = ("raise", "skip")
+
+
 def predict_images(model, images: Sequence[np.ndarray | str | Path], *, image_size: int, batch_size: int = 8,
-                   pad_position: str = "top_left") -> list[dict]:
-    """Detect objects in images (arrays ``uint8[H, W, 3]`` RGB, or paths decoded with
-    :func:`~fpn_lab.data.images.load_image`); returns :func:`predict_batches`' dicts."""
+                   pad_position: str = "top_left", on_error: str = "raise") -> list[dict]:
+    """Detect objects in images: arrays ``uint8[H, W, 3]`` RGB, or paths decoded with
+    :func:`~fpn_lab.data.images.load_image` (EXIF orientation applied, every pixel decoded).
+
+    Any image size works; a side that would letterbox to 0 px becomes 1 px (:class:`Letterbox`).
+
+    Args:
+        image_size: network input side in pixels (multiple of 32), as trained.
+        batch_size: images per forward pass.
+        on_error: what one unusable image (missing, truncated or corrupt file; an array that is not
+            ``uint8[H, W, 3]``) does. ``"raise"`` (default): a :class:`DataError` naming each bad
+            image of its batch (position, path and size in bytes, or array shape and dtype) and
+            why, raised when that batch is reached. ``"skip"``: the other images are predicted as
+            usual; the bad one gets an empty prediction with an ``error`` string (``boxes``
+            ``float32[0, 4]``, ``scores`` ``float32[0]``, ``labels`` ``int64[0]``) and a warning
+            on the ``fpn_lab.inference`` logger.
+
+    Returns:
+        One dict per input, in order: :func:`predict_batches`' ``boxes`` (xyxy in the original
+        image's pixels), ``scores``, ``labels``; plus ``error`` only for an image skipped with
+        ``on_error="skip"``.
+
+    Raises:
+        DataError: a bad image with ``on_error="raise"``, or an ``on_error`` other than "raise"/"skip".
+    """
+    if on_error not in ON_ERROR:
+        raise DataError(f"on_error must be 'raise' or 'skip'; got {on_error!r}. 'skip' returns an empty "
+                        "prediction with an 'error' key for each image that cannot be used.")
     letterbox = Letterbox(image_size, model.preset.pad_value, pad_position)
+    out: list[dict | None] = [None] * len(images)
+    predicted: list[int] = []  # input positions, in the order predict_batches returns them
 
     def batches():
         for start in range(0, len(images), batch_size):
-            chunk = [load_image(x) if isinstance(x, (str, Path)) else x for x in images[start:start + batch_size]]
-            boxed = [letterbox(img) for img in chunk]
-            yield (torch.from_numpy(np.stack([b[0] for b in boxed])).permute(0, 3, 1, 2).contiguous(),
-                   [b[2] for b in boxed])
+            boxed, errors = {}, {}
+            for i in range(start, min(start + batch_size, len(images))):
+                try:
+                    boxed[i] = letterbox(_decode(images[i], i))
+                except DataError as e:
+                    errors[i] = str(e)
+            if errors and on_error == "raise":
+                raise DataError(f"predict_images: {' | '.join(errors.values())}. Pass on_error='skip' to predict the "
+                                "other images and get an empty prediction with an 'error' key for each bad one.")
+            for i, message in errors.items():
+                log.warning("predict_images skipped %s", message)
+                out[i] = _empty_prediction(message)
+            if boxed:
+                predicted.extend(boxed)
+                yield (torch.from_numpy(np.stack([b[0] for b in boxed.values()])).permute(0, 3, 1, 2).contiguous(),
+                       [b[2] for b in boxed.values()])
 
-    return predict_batches(model, batches())
+    preds = predict_batches(model, batches())  # runs the generator to its end: `predicted` is complete
+    for i, pred in zip(predicted, preds, strict=True):
+        out[i] = pred
+    return out
+
+
+def _decode(image, i: int) -> np.ndarray:
+    """Input ``i`` of :func:`predict_images` as ``uint8[H, W, 3]``; DataError naming it otherwise."""
+    if isinstance(image, (str, Path)):
+        try:
+            return load_image(image)
+        except DataError as e:
+            raise DataError(f"image #{i}: {e}") from None
+    check_image_array(image, f"image #{i}")
+    return image
+
+
+def _empty_prediction(error: str) -> dict:
+    return {"boxes": np.zeros((0, 4), np.float32), "scores": np.zeros(0, np.float32),
+            "labels": np.zeros(0, np.int64), "error": error}

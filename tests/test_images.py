@@ -1,4 +1,4 @@
-"""The one image decoder: R15's 16-bit/RGBA/CMYK images, EXIF orientation, unreadable files."""
+"""The one image decoder: R15's 16-bit/RGBA/CMYK images, EXIF orientation, unreadable and truncated files (N09)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from conftest import CASES
-from fpn_lab.data.images import image_size, load_image
+from fpn_lab.data.images import check_image, image_size, load_image
 from fpn_lab.data.parsers import COCOBBoxParser
 from fpn_lab.errors import DataError
 
@@ -45,7 +45,7 @@ def test_exif_orientation_is_applied_and_sizes_agree(tmp_path, orientation, shap
     path = tmp_path / f"o{orientation}.jpg"
     Image.fromarray(arr).save(path, exif=exif, quality=95)
     img = load_image(path)
-    assert img.shape[:2] == shape == image_size(path)
+    assert img.shape[:2] == shape == image_size(path) == check_image(path)
     corners = {"tl": img[:5, :5], "tr": img[:5, -5:], "bl": img[-5:, :5], "br": img[-5:, -5:]}
     bright = max(corners, key=lambda k: corners[k].mean())
     assert bright == {1: "tl", 3: "br", 6: "tr", 8: "bl"}[orientation]
@@ -58,3 +58,23 @@ def test_unreadable_and_missing_images_name_the_path(tmp_path):
         load_image(bad)
     with pytest.raises(DataError, match="image not found: .*nope.png"):
         load_image(tmp_path / "nope.png")
+
+
+def test_n09_truncated_jpeg_passes_the_header_read_but_not_the_full_decode_check():
+    truncated = CASES / "N09" / "images" / "img2.jpg"
+    assert image_size(truncated) == (96, 128)  # the header alone looks fine
+    with pytest.raises(DataError, match=r"img2\.jpg \(4642 bytes\).*truncated"):
+        check_image(truncated)
+    with pytest.raises(DataError, match=r"img2\.jpg \(4642 bytes\).*truncated"):
+        load_image(truncated)
+    assert check_image(CASES / "N09" / "images" / "img0.jpg") == (96, 128)
+
+
+@pytest.mark.parametrize("content", [b"", b"not an image", b"\x89PNG\r\n\x1a\n" + b"\0" * 40])
+def test_check_image_turns_every_undecodable_file_into_a_data_error(tmp_path, content):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(content)
+    with pytest.raises(DataError, match=rf"bad\.png \({len(content)} bytes\)"):
+        check_image(bad)
+    with pytest.raises(DataError, match="image not found: .*nope.png"):
+        check_image(tmp_path / "nope.png")

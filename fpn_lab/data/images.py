@@ -48,11 +48,32 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+#: What PIL raises on a file it cannot read or decode (DecompressionBombError: over PIL's pixel limit).
+_DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def _describe(path: Path) -> str:
+    """``"path (N bytes)"``: the file size tells an empty or cut file at a glance."""
+    try:
+        return f"{path} ({path.stat().st_size} bytes)"
+    except OSError:
+        return str(path)
+
+
+def _not_found(path: Path) -> DataError:
+    return DataError(f"image not found: {path}. Check the images directory passed to the parser.")
+
+
+def _undecodable(path: Path, e: Exception) -> DataError:
+    return DataError(f"cannot decode image {_describe(path)}: {e}. Re-save it as JPEG or PNG, or leave it out.")
+
+
 def open_image(path: str | Path) -> Image.Image:
-    """Open ``path`` as an upright 8-bit RGB PIL image (EXIF orientation applied).
+    """Open ``path`` as an upright 8-bit RGB PIL image (EXIF orientation applied; every pixel decoded).
 
     Raises:
-        DataError: the file is missing or cannot be decoded; the message names the path.
+        DataError: the file is missing, or cannot be decoded completely (unknown format, truncated
+            or corrupt data); the message names the path and its size in bytes.
     """
     path = Path(path)
     try:
@@ -61,10 +82,9 @@ def open_image(path: str | Path) -> Image.Image:
             upright = ImageOps.exif_transpose(img)
             return _to_rgb(upright)
     except FileNotFoundError:
-        raise DataError(f"image not found: {path}. Check the images directory passed to the parser.") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"cannot decode image {path}: {e}. Re-save it as JPEG or PNG, or pass strict=False "
-                        "to skip unreadable images.") from None
+        raise _not_found(path) from None
+    except _DECODE_ERRORS as e:
+        raise _undecodable(path, e) from None
 
 
 def load_image(path: str | Path) -> np.ndarray:
@@ -76,20 +96,41 @@ def load_image(path: str | Path) -> np.ndarray:
     return np.asarray(open_image(path), dtype=np.uint8)
 
 
+def check_image(path: str | Path) -> tuple[int, int]:
+    """``(height, width)`` of the upright image (EXIF orientation applied), after decoding every pixel.
+
+    The parsers' check (``strict``): a file that passes decodes in training too. It costs one
+    full decode per image, about 1-1.5 ms per 640x480 JPEG (parsing BCCD's 364 images: 0.7-0.9 s
+    instead of 0.3 s on a 2-core CPU), where :func:`image_size` reads the header only and misses
+    truncated or corrupt pixel data.
+
+    Raises:
+        DataError: missing or undecodable file; the message names the path and its size in bytes.
+    """
+    return _upright_size(Path(path), decode=True)
+
+
 def image_size(path: str | Path) -> tuple[int, int]:
     """``(height, width)`` of the upright image, read from the header only (no full decode).
 
+    Fast, but a file whose pixel data is cut or corrupt passes; :func:`check_image` decodes.
+
     Raises:
-        DataError: missing or unreadable file.
+        DataError: missing file, or a header PIL cannot read.
     """
-    path = Path(path)
+    return _upright_size(Path(path), decode=False)
+
+
+def _upright_size(path: Path, decode: bool) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
+            if decode:
+                img.load()
             w, h = img.size
             orientation = img.getexif().get(0x0112, 1)
     except FileNotFoundError:
-        raise DataError(f"image not found: {path}. Check the images directory passed to the parser.") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"cannot read image {path}: {e}.") from None
+        raise _not_found(path) from None
+    except _DECODE_ERRORS as e:
+        raise _undecodable(path, e) from None
     # EXIF orientations 5..8 rotate by 90 degrees: the upright image has width and height swapped.
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from fpn_lab.core.class_map import ClassMap, normalize_name
 from fpn_lab.core.records import Record
-from fpn_lab.data.images import image_size
+from fpn_lab.data.images import check_image
 from fpn_lab.errors import DataError
 
 log = logging.getLogger("fpn_lab.data")
@@ -41,8 +41,10 @@ class ParseReport:
         boxes: boxes kept.
         clipped: boxes partly outside the image, clipped to it.
         dropped: count per reason (``zero-area``, ``inverted``, ``outside``, ``non-finite``,
-            ``no-box``).
-        skipped_images: images skipped with ``strict=False`` (missing or unreadable).
+            ``no-box``; COCO with ``strict=False``: ``unknown-image``, annotations whose
+            ``image_id`` is no id in ``images``).
+        skipped_images: images skipped with ``strict=False`` (missing, or not decodable to the last
+            pixel: truncated or corrupt files are found at parse time).
         size_fixed: VOC files whose ``<size>`` was missing or wrong (the real size is used).
         events: one human-readable line per dropped/clipped box or skipped image.
     """
@@ -133,8 +135,9 @@ class _Parser:
         return kept
 
     def _image_size(self, path: Path, where: str) -> tuple[int, int] | None:
+        # decodes every pixel (check_image), so a truncated or corrupt file is found here, not mid-epoch
         try:
-            return image_size(path)
+            return check_image(path)
         except DataError as e:
             if self.strict:
                 raise DataError(f"{where}: {e} (pass strict=False to skip such images and count them)") from None
@@ -162,8 +165,9 @@ class _Parser:
             ``train_records, valid_records = parser.parse(splitter)``).
 
         Raises:
-            DataError: unreadable annotations, an unknown or ambiguous class name, a missing image
-                (with ``strict=True``), or no usable image at all.
+            DataError: unreadable annotations, an unknown or ambiguous class name, a missing or
+                undecodable (truncated, corrupt) image or a COCO annotation naming an image id
+                absent from ``images`` (both with ``strict=True``), or no usable image at all.
         """
         records = self._finish(self._parse())
         return records if splitter is None else splitter.split(records)
@@ -188,7 +192,8 @@ class VOCBBoxParser(_Parser):
         images_dir: folder of the images named by ``<filename>`` (or the XML's stem).
         class_map: fixed class names in label order; default: all names seen, sorted.
         label_mapping: explicit renames applied before the class map (``{"Traffic Light": "traffic light"}``).
-        strict: a missing or unreadable image is an error (True) or skipped and counted (False).
+        strict: a missing or undecodable image (every pixel is decoded, so a truncated file is
+            found here) is an error (True) or skipped and counted in ``report.skipped_images`` (False).
     """
 
     def __init__(self, annotations_dir: str | Path, images_dir: str | Path, **kwargs):
@@ -286,6 +291,10 @@ class COCOBBoxParser(_Parser):
       kept and marked (:attr:`Record.iscrowd`): not trained on, ignored by the COCO metric.
     * ``bbox`` is xywh in pixels; an annotation with only a ``segmentation`` gets the polygon's (or
       RLE's) extent, and one with neither is dropped (``no-box``).
+    * ``strict`` (default True): an annotation whose ``image_id`` is no id in ``images`` (type
+      included: ``2`` is not ``'2'``), a missing or undecodable image are errors; with
+      ``strict=False`` such annotations are skipped and counted in
+      ``report.dropped["unknown-image"]``, such images in ``report.skipped_images``.
     """
 
     def __init__(self, annotations_file: str | Path, images_dir: str | Path, **kwargs):
@@ -338,6 +347,38 @@ class COCOBBoxParser(_Parser):
         self.report.note(f"{where}: dropped, no bbox and no usable segmentation")
         return None
 
+    def _orphan_annotations(self, by_image: dict, known: set) -> None:
+        """Annotations whose ``image_id`` is no id in ``images`` (type included: ``2`` is not ``'2'``).
+
+        Raises a DataError naming them, each image id with its type and whether an image id of
+        another type has the same text; with ``strict=False`` they are skipped, counted in
+        ``report.dropped["unknown-image"]`` and noted.
+        """
+        groups = {img_id: [a.get("id") for a in anns] for img_id, anns in by_image.items() if img_id not in known}
+        if not groups:
+            return
+        count = sum(len(ids) for ids in groups.values())
+        same_text = {str(i): i for i in known}
+
+        def line(img_id, ann_ids) -> str:
+            other = same_text.get(str(img_id))
+            where = (f"images has id {other!r} ({type(other).__name__})" if other is not None
+                     else f"no image has id {img_id!r} of any type")
+            more = f" (+{len(ann_ids) - 5} more)" if len(ann_ids) > 5 else ""
+            ids = ", ".join(repr(i) for i in ann_ids[:5])
+            return f"annotation id {ids}{more} -> image_id {img_id!r} ({type(img_id).__name__}): {where}"
+
+        listed = "; ".join(line(i, ids) for i, ids in list(groups.items())[:5])
+        listed += f"; and {len(groups) - 5} more image ids" if len(groups) > 5 else ""
+        what = (f"{self.annotations_file.name}: {count} annotation{'s name' if count > 1 else ' names'} an image id "
+                f"that is not in 'images': {listed}")
+        if self.strict:
+            raise DataError(f"{what}. An annotation's image_id must equal an image's id, type included. Fix the ids, "
+                            "or pass strict=False to skip these annotations (counted in "
+                            "ParseReport.dropped['unknown-image']).")
+        self.report.dropped["unknown-image"] += count
+        self.report.note(f"{what}; skipped (strict=False)")
+
     def _parse(self) -> list[Record]:
         cats = self._categories()
         images = self.data["images"]
@@ -345,12 +386,7 @@ class COCOBBoxParser(_Parser):
         by_image: dict = {}
         for ann in self.data.get("annotations") or []:
             by_image.setdefault(ann.get("image_id"), []).append(ann)
-        known = {im.get("id") for im in images}
-        orphans = [a.get("id") for img_id, anns in by_image.items() if img_id not in known for a in anns]
-        if orphans:
-            self.report.dropped["unknown-image"] += len(orphans)
-            self.report.note(f"{self.annotations_file.name}: {len(orphans)} annotations name an image id not in "
-                             f"'images' (annotation ids {orphans[:5]}...); dropped")
+        self._orphan_annotations(by_image, {im.get("id") for im in images})
         records = []
         for pos, im in enumerate(tqdm(images, desc="parsing COCO", delay=1.0, disable=None)):
             if "file_name" not in im:

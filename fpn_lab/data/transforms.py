@@ -65,6 +65,11 @@ class Geometry:
 class Letterbox:
     """Keep-ratio resize to ``size`` on the longest side, then pad to ``size x size``.
 
+    Each resized side is at least 1 px: a side that rounds to 0 px (a 2000x3 image at 64 px
+    would be 0.096 px tall) becomes a 1 px strip, where ``cv2.resize`` (and mmdet's ``Resize``)
+    would fail. :class:`Geometry` keeps one scale per axis (``img_shape / ori_shape``: 1/3 for
+    that strip, not 0.032), so boxes still map back to the original image exactly.
+
     Args:
         size: output side in pixels; must be a multiple of 32 (the coarsest FPN stride of the
             presets' P5, so no second padding happens inside the model).
@@ -85,13 +90,22 @@ class Letterbox:
 
     def geometry(self, height: int, width: int) -> Geometry:
         scale = self.size / max(height, width)
-        nh, nw = min(int(height * scale + 0.5), self.size), min(int(width * scale + 0.5), self.size)
+        # mmcv.rescale_size's rounding, clamped to [1, size]: a side never rounds to 0 px
+        nh = max(1, min(int(height * scale + 0.5), self.size))
+        nw = max(1, min(int(width * scale + 0.5), self.size))
         top = (self.size - nh) // 2 if self.position == "center" else 0
         left = (self.size - nw) // 2 if self.position == "center" else 0
         return Geometry((height, width), (nh, nw), (self.size, self.size), left, top)
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray | None = None):
-        """Letterbox ``uint8[H, W, 3]``; returns ``(uint8[size, size, 3], float32[N, 4] boxes, Geometry)``."""
+        """Letterbox ``uint8[H, W, 3]`` (H, W >= 1); returns ``(uint8[size, size, 3], float32[N, 4]
+        boxes in network pixels, Geometry)``.
+
+        Raises:
+            DataError: ``image`` is not a ``uint8[H, W, 3]`` array with H, W >= 1 (a float, grey or
+                RGBA array would otherwise be cast or broadcast silently).
+        """
+        check_image_array(image)
         g = self.geometry(*image.shape[:2])
         resized = cv2.resize(image, (g.img_shape[1], g.img_shape[0]), interpolation=cv2.INTER_LINEAR)
         out = np.empty((self.size, self.size, 3), np.uint8)
@@ -99,6 +113,17 @@ class Letterbox:
         out[g.pad_top:g.pad_top + g.img_shape[0], g.pad_left:g.pad_left + g.img_shape[1]] = resized
         net_boxes = g.to_network(boxes if boxes is not None else np.zeros((0, 4), np.float32))
         return out, net_boxes, g
+
+
+def check_image_array(image, what: str = "image") -> None:
+    """Raise a :class:`DataError` unless ``image`` is a ``uint8[H, W, 3]`` array with H, W >= 1."""
+    shape, dtype = getattr(image, "shape", None), getattr(image, "dtype", None)
+    if (not isinstance(image, np.ndarray) or dtype != np.uint8 or len(shape) != 3 or shape[2] != 3
+            or min(shape[:2]) < 1):
+        raise DataError(f"{what}: got {type(image).__name__} of shape {shape} and dtype {dtype}; expected "
+                        "uint8[H, W, 3] RGB with H, W >= 1. Decode files with fpn_lab.data.images.load_image, "
+                        "convert grey or RGBA arrays to 3-channel RGB and 0..1 floats with "
+                        "(img * 255).round().astype(np.uint8).")
 
 
 def resize_and_pad(size: int, pad_value=(114, 114, 114), position: str = "top_left") -> Letterbox:
