@@ -147,7 +147,7 @@ def coco_ap(records, class_names, preds) -> tuple[float, float]:
     from fpn_lab.metrics.coco import coco_evaluate, detections_to_coco
 
     dets = [d for r, p in zip(records, preds)
-            for d in detections_to_coco(r.record_id, np.asarray(p["boxes"]).reshape(-1, 4), p["scores"], p["labels"])]
+            for d in detections_to_coco(r.image_id, np.asarray(p["boxes"]).reshape(-1, 4), p["scores"], p["labels"], class_names)]
     res = coco_evaluate(records, dets, class_names)
     return res["AP"], res["AP50"]
 

@@ -1,15 +1,21 @@
 """Checkpoints: weights plus everything needed to rebuild the model, as plain types.
 
 A checkpoint is a dict loadable with ``torch.load(path)`` under torch's default
-``weights_only=True``: ``state_dict`` (tensors), ``preset`` (name), ``class_names`` (list),
-``image_size`` (int), ``pad_position``, ``neck`` and ``neck_args`` (the neck choice), ``config`` (the resolved mmdet config as nested
-dicts/lists) and ``fpn_lab_version``.
+``weights_only=True``: ``state_dict`` (tensors, keys ``detector.<mmdet name>``), ``preset``
+(name), ``class_names`` (list, label order), ``image_size`` (int, the letterbox side in pixels),
+``pad_position`` and ``pad_value`` (the letterbox's placement and RGB fill), ``neck`` and
+``neck_args`` (the neck choice), ``pretrained`` (the initialisation the model was built with),
+``config`` (the resolved mmdet config as nested dicts/lists) and ``fpn_lab_version``.
+
+To start a new training from one, use ``build_model(..., weights=path)`` (it also reads mmdet and
+mmengine checkpoints); to get the trained model back as it was, :func:`load_checkpoint`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -18,6 +24,10 @@ from fpn_lab import __version__
 from fpn_lab.core.class_map import ClassMap
 from fpn_lab.errors import ModelError
 
+log = logging.getLogger("fpn_lab.checkpoint")
+#: Keys every fpn_lab checkpoint has.
+REQUIRED_KEYS = ("state_dict", "preset", "class_names", "image_size", "config")
+
 
 def _plain(obj):
     """Convert a config tree to JSON types (tuples to lists; anything else to its repr)."""
@@ -25,50 +35,108 @@ def _plain(obj):
 
 
 def save_checkpoint(path: str | Path, model, class_map: ClassMap, *, image_size: int, pad_position: str = "top_left") -> Path:
-    """Write ``model`` and its metadata to ``path`` atomically (a temp file, then rename)."""
+    """Write ``model`` and its metadata to ``path`` atomically (a temp file, then rename).
+
+    Raises:
+        ModelError: the model predicts another number of classes than ``class_map`` holds.
+    """
+    from fpn_lab.models.build import check_num_classes
+
+    check_num_classes(model, class_map, "save_checkpoint")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ckpt = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "preset": model.preset.name, "class_names": list(class_map.names), "image_size": int(image_size),
-            "pad_position": pad_position, **getattr(model, "neck_choice", {}), "config": _plain(model.cfg.to_dict()), "fpn_lab_version": __version__}
+            "pad_position": pad_position, "pad_value": [float(v) for v in model.preset.pad_value],
+            **getattr(model, "neck_choice", {}), "pretrained": getattr(model, "pretrained", None),
+            "config": _plain(model.cfg.to_dict()), "fpn_lab_version": __version__}
     tmp = path.with_name(path.name + ".tmp")
     torch.save(ckpt, tmp)
     tmp.replace(path)
     return path
 
 
-def load_checkpoint(path: str | Path, *, class_map: ClassMap | Sequence[str] | None = None,
-                    remap: Mapping[str, str] | None = None):
-    """Rebuild the model saved by :func:`save_checkpoint`.
+def load_checkpoint(path: str | Path, *, class_map: ClassMap | Sequence[str] | None = None):
+    """Rebuild the model saved by :func:`save_checkpoint`, exactly as it was saved.
+
+    The detector is built from the checkpoint's own resolved mmdet config (so a later change of the
+    installed mmdet config cannot change the model; a warning names the differing entries) and
+    every tensor must load.
 
     Args:
         path: checkpoint file.
-        class_map: the class map the caller expects; a different one is an error naming both,
-            unless ``remap`` says how the checkpoint's names map to the expected ones.
-        remap: ``{checkpoint name: expected name}``; the class-dependent outputs are permuted.
+        class_map: the class map the caller expects; other names, or the same names in another
+            order, are an error naming both lists (fine-tuning on other classes is
+            ``build_model(..., weights=path, class_names=...)``).
 
     Returns:
-        ``(model, info)`` where ``info`` is the checkpoint dict without ``state_dict``.
-    """
-    from fpn_lab.models.build import build_model
+        ``(model, info)``: the model in eval mode, and the checkpoint dict without
+        ``state_dict``: ``preset``, ``class_names``, ``image_size``, ``pad_position``,
+        ``pad_value`` (the letterbox to predict with), ``neck``, ``neck_args``, ``config``...
 
-    ckpt = torch.load(Path(path), map_location="cpu")
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "preset" not in ckpt:
-        raise ModelError(f"{path} is not an fpn_lab checkpoint (expected keys state_dict, preset, class_names).")
-    saved = ckpt["class_names"]
+    Raises:
+        ModelError: not an fpn_lab checkpoint, another class map, or weights that do not fit
+            the saved config.
+    """
+    from fpn_lab.mmdet_adapter.wrapper import build_detector_from_config
+    from fpn_lab.models.registry import get_preset
+    from fpn_lab.models.weights import read_checkpoint
+
+    ckpt = read_checkpoint(path)
+    missing = [k for k in REQUIRED_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise ModelError(f"{path} is not an fpn_lab checkpoint (missing {missing}; expected keys {list(REQUIRED_KEYS)}). "
+                         "To start from mmdet or other weights use build_model(..., weights=path).")
+    saved = list(ckpt["class_names"])
     if class_map is not None:
         expected = list(class_map.names if isinstance(class_map, ClassMap) else class_map)
-        if remap is not None:
-            raise ModelError("remapping classes on load is not supported yet; retrain or fix the class map.")
         if expected != saved:
-            raise ModelError(f"checkpoint {path} was trained with classes {saved} but {expected} were expected; "
-                             "use the same class map (order matters) or retrain.")
-    model = build_model(ckpt["preset"], num_classes=len(saved), pretrained=False, neck=ckpt.get("neck"),
-                        neck_args=ckpt.get("neck_args"))
-    model.load_state_dict(ckpt["state_dict"])
+            order = " (the same names in another order)" if sorted(expected) == sorted(saved) else ""
+            raise ModelError(f"checkpoint {path} was trained with classes {saved} but {expected} were expected{order}; "
+                             "use the checkpoint's class map (order matters), or fine-tune on the new classes with "
+                             "build_model(..., weights=path, class_names=...).")
+    preset = get_preset(ckpt["preset"])
+    _warn_if_config_changed(ckpt, preset, path)
+    model = build_detector_from_config(ckpt["config"], preset)
+    model.neck_choice = {"neck": ckpt.get("neck"), "neck_args": dict(ckpt.get("neck_args") or {})}
+    model.pretrained = ckpt.get("pretrained")
+    try:
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except RuntimeError as e:  # missing, unexpected or differently shaped tensors
+        raise ModelError(f"{path}: its weights do not fit its own config; the file is damaged or was edited "
+                         f"({str(e).splitlines()[0]} {' '.join(str(e).split())[:300]}).") from None
     model.eval()
     info = {k: v for k, v in ckpt.items() if k != "state_dict"}
+    info.setdefault("pad_value", list(preset.pad_value))
+    info.setdefault("pad_position", "top_left")
     return model, info
+
+
+def _warn_if_config_changed(ckpt: dict, preset, path) -> None:
+    """Warn when the installed mmdet config for the checkpoint's preset differs from the saved one."""
+    from fpn_lab.mmdet_adapter.config import load_config
+
+    try:
+        current = load_config(preset, num_classes=len(ckpt["class_names"]), pretrained=ckpt.get("pretrained") or "none",
+                              neck=ckpt.get("neck"), neck_args=ckpt.get("neck_args"))
+    except ModelError as e:
+        log.warning("%s: the installed mmdet config for %s cannot be built (%s); using the saved config.",
+                    path, preset.name, e)
+        return
+    diff = _diff(_plain(current.to_dict()).get("model"), ckpt["config"].get("model"), "model")
+    if diff:
+        log.warning("%s: the installed mmdet config for %s differs from the one saved with the checkpoint in %d "
+                    "entries (%s); the model is rebuilt from the saved config.", path, preset.name, len(diff),
+                    ", ".join(diff[:5]))
+
+
+def _diff(a, b, where: str) -> list[str]:
+    """Dotted paths at which two plain config trees differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b), key=str) for d in _diff(a.get(k), b.get(k), f"{where}.{k}")]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _diff(x, y, f"{where}[{i}]")]
+    return [] if a == b else [where]
 
 
 def check_reload(model, reloaded, images, *, image_size: int, atol: float = 1e-4) -> int:

@@ -16,7 +16,7 @@ from fpn_lab.metrics.coco import coco_evaluate, detections_to_coco
 
 def test_ground_truth_fed_as_detections_gives_ap_1(bccd_records):
     parser, _, test = bccd_records
-    dets = [d for r in test for d in detections_to_coco(r.record_id, r.boxes, np.ones(len(r.boxes)), r.labels)]
+    dets = [d for r in test for d in detections_to_coco(r.image_id, r.boxes, np.ones(len(r.boxes)), r.labels, parser.class_map)]
     res = coco_evaluate(test, dets, parser.class_map.names)
     assert res["AP"] == pytest.approx(1.0) and res["AP50"] == pytest.approx(1.0)
     assert all(v == pytest.approx(1.0) for v in res["per_class_AP"].values())
@@ -24,7 +24,7 @@ def test_ground_truth_fed_as_detections_gives_ap_1(bccd_records):
 
 def test_shifted_detections_lower_ap_as_pycocotools_does(bccd_records):
     parser, _, test = bccd_records
-    dets = [d for r in test for d in detections_to_coco(r.record_id, r.boxes + 6.0, np.ones(len(r.boxes)), r.labels)]
+    dets = [d for r in test for d in detections_to_coco(r.image_id, r.boxes + 6.0, np.ones(len(r.boxes)), r.labels, parser.class_map)]
     res = coco_evaluate(test, dets, parser.class_map.names)
     assert 0.0 < res["AP"] < res["AP50"] <= 1.0
 
@@ -52,7 +52,7 @@ def test_r13_one_false_positive_gives_zero():
 
 def test_difficult_boxes_are_ignored_not_false_negatives():
     rec = Record(1, "x.png", 100, 100, [[10, 10, 50, 50], [60, 60, 90, 90]], [0, 0], difficult=[False, True])
-    dets = detections_to_coco(1, np.array([[10, 10, 50, 50]]), np.array([0.9]), np.array([0]))
+    dets = detections_to_coco(1, np.array([[10, 10, 50, 50]]), np.array([0.9]), np.array([0]), ["a"])
     assert coco_evaluate([rec], dets, ["a"])["AP"] == pytest.approx(1.0)
 
 
@@ -79,8 +79,8 @@ def test_r01_detections_on_a_negative_image_are_false_positives_only():
     records = parser.parse()
     pos = next(r for r in records if r.num_boxes)
     neg = next(r for r in records if not r.num_boxes)
-    hit = detections_to_coco(pos.record_id, pos.boxes, np.array([0.9]), pos.labels)
+    hit = detections_to_coco(pos.image_id, pos.boxes, np.array([0.9]), pos.labels, parser.class_map)
     assert coco_evaluate(records, hit, parser.class_map.names)["AP"] == pytest.approx(1.0)
-    fp = detections_to_coco(neg.record_id, np.array([[1, 1, 20, 20]]), np.array([0.95]), np.array([0]))
+    fp = detections_to_coco(neg.image_id, np.array([[1, 1, 20, 20]]), np.array([0.95]), np.array([0]), parser.class_map)
     res = coco_evaluate(records, hit + fp, parser.class_map.names)
     assert res["AP"] < 1.0 and res["AR100"] == pytest.approx(1.0)  # precision drops, recall does not

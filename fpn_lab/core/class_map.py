@@ -23,13 +23,19 @@ def _fold(name: str) -> str:
 class ClassMap:
     """Ordered class names; index ``i`` is the label the model predicts (no background class).
 
+    Each label also has the dataset's own category id, used wherever results leave fpn_lab
+    (``predictions.json``, the COCO evaluation): a COCO file's ``category_id`` as written in it
+    (ids may start at 0, have gaps and come in any order), and ``label + 1`` for sources without
+    ids (Pascal VOC), as in COCO's convention of ids from 1.
+
     Args:
         names: class names in label order. Duplicates (after stripping outer whitespace) are an
             error; names that differ only by case, spaces or punctuation are an error too, since
             they almost always mean the same class written two ways.
+        category_ids: the source's category id per label (ints, unique); default ``label + 1``.
     """
 
-    def __init__(self, names: Sequence[str]):
+    def __init__(self, names: Sequence[str], category_ids: Sequence[int] | None = None):
         names = [normalize_name(n) for n in names]
         for i, name in enumerate(names):
             if not name:
@@ -43,6 +49,11 @@ class ClassMap:
                         "merge them with an explicit `label_mapping={...}` or rename one in the annotations.")
         self._names = list(names)
         self._index = {n: i for i, n in enumerate(self._names)}
+        ids = list(range(1, len(names) + 1)) if category_ids is None else list(category_ids)
+        if len(ids) != len(names) or len(set(ids)) != len(ids) or not all(
+                isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise DataError(f"category_ids must be one unique int per class ({len(names)} classes {names}); got {ids}.")
+        self._category_ids = ids
 
     @classmethod
     def from_labels(cls, labels: Iterable[str], label_mapping: Mapping[str, str] | None = None) -> ClassMap:
@@ -69,6 +80,11 @@ class ClassMap:
         return self._names[index]
 
     @property
+    def category_ids(self) -> list[int]:
+        """The source dataset's category id of each label (``label + 1`` when the source has none)."""
+        return list(self._category_ids)
+
+    @property
     def names(self) -> list[str]:
         return list(self._names)
 
@@ -79,7 +95,9 @@ class ClassMap:
         return iter(self._names)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, ClassMap) and self._names == other._names
+        return (isinstance(other, ClassMap) and self._names == other._names
+                and self._category_ids == other._category_ids)
 
     def __repr__(self) -> str:
-        return f"ClassMap({self._names})"
+        default = self._category_ids == list(range(1, len(self._names) + 1))
+        return f"ClassMap({self._names})" if default else f"ClassMap({self._names}, category_ids={self._category_ids})"

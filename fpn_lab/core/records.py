@@ -26,6 +26,9 @@ class Record:
         difficult: ``bool[N]``; VOC ``difficult`` objects, kept for training and ignored in
             evaluation (treated like COCO crowd regions: matching them is neither a TP nor a FP).
         source: the annotation file this record came from (for error messages).
+        image_id: the image's id in the source dataset, as written there (a COCO ``id``: int or
+            string); defaults to ``record_id`` (VOC: the position of its XML file in name order).
+            Results (``predictions.json``, the COCO evaluation) use it.
     """
 
     record_id: int
@@ -37,9 +40,12 @@ class Record:
     iscrowd: np.ndarray = field(default_factory=lambda: np.zeros((0,), bool))
     difficult: np.ndarray = field(default_factory=lambda: np.zeros((0,), bool))
     source: str = ""
+    image_id: int | str | None = None
 
     def __post_init__(self) -> None:
         self.filepath = Path(self.filepath)
+        if self.image_id is None:
+            self.image_id = int(self.record_id)
         self.boxes = np.asarray(self.boxes, np.float32).reshape(-1, 4)
         n = len(self.boxes)
         self.labels = np.asarray(self.labels, np.int64).reshape(n)

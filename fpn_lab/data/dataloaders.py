@@ -19,8 +19,8 @@ class Dataset:
     """Records plus a transform; item ``i`` is ``(uint8[S, S, 3] RGB image, target dict)``.
 
     The target dict holds ``boxes`` ``float32[N, 4]`` xyxy in network-input pixels, ``labels``
-    ``int64[N]``, ``train_mask`` ``bool[N]`` (False for crowd regions), ``geometry`` and
-    ``record_id``.
+    ``int64[N]``, ``train_mask`` ``bool[N]`` (False for crowd regions), ``geometry``,
+    ``record_id`` and ``image_id`` (the source's id, see :class:`~fpn_lab.core.records.Record`).
 
     Args:
         records: parsed records.
@@ -61,7 +61,8 @@ class Dataset:
             out, boxes, g = self.tfms(img, r.boxes)
             labels, mask = r.labels, r.train_mask
         target = {"boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(labels),
-                  "train_mask": torch.from_numpy(mask), "geometry": g, "record_id": r.record_id}
+                  "train_mask": torch.from_numpy(mask), "geometry": g, "record_id": r.record_id,
+                  "image_id": r.image_id}
         return out, target
 
 

@@ -186,6 +186,10 @@ class VOCBBoxParser(_Parser):
     * ``difficult``, ``truncated`` and ``pose`` are optional. ``difficult=1`` objects are kept
       and marked (:attr:`Record.difficult`); COCO evaluation ignores them like crowd regions.
     * Class names: outer whitespace stripped, case kept (see :class:`ClassMap`).
+    * Ids written to results: ``image_id`` = ``record_id`` = the position of the XML file among
+      the folder's ``*.xml`` files sorted by name (0-based, stable when images are skipped);
+      ``category_id`` = label + 1. A run writes the matching COCO ground truth
+      (``ground_truth.json``) beside its ``predictions.json``.
 
     Args:
         annotations_dir: folder of ``*.xml`` files.
@@ -250,7 +254,7 @@ class VOCBBoxParser(_Parser):
         if self.class_map is None:
             self.class_map = ClassMap.from_labels(o["name"] for _, _, objs in parsed for o in objs)
         records = []
-        for xml_path, root, objects in parsed:
+        for index, (xml_path, root, objects) in enumerate(parsed):
             img_path = self._image_path(root, xml_path)
             size = self._image_size(img_path, xml_path.name)
             if size is None:
@@ -265,7 +269,7 @@ class VOCBBoxParser(_Parser):
                     boxes.append(kept)
                     labels.append(label)
                     difficult.append(o["difficult"])
-            records.append(Record(len(records), img_path, height, width, np.array(boxes, np.float32).reshape(-1, 4),
+            records.append(Record(index, img_path, height, width, np.array(boxes, np.float32).reshape(-1, 4),
                                   np.array(labels, np.int64), difficult=np.array(difficult, bool), source=str(xml_path)))
         return records
 
@@ -283,10 +287,12 @@ class VOCBBoxParser(_Parser):
 class COCOBBoxParser(_Parser):
     """COCO detection JSON (``images``, ``annotations``, ``categories``).
 
-    * Category ids may start anywhere and have gaps; labels follow the categories sorted by id
-      (``class_map.names[i]`` is the ``i``-th category by id).
-    * Image ids may be strings; ``record_id`` is the integer id when every id is an integer, else
-      the image's position in ``images``.
+    * Category ids may start anywhere (0 included), have gaps and come in any order; labels follow
+      the categories sorted by id (``class_map.names[i]`` is the ``i``-th category by id) and
+      ``class_map.category_ids[i]`` keeps each label's id as written, which results use.
+    * Image ids may be ints or strings (one type per file: pycocotools sorts them);
+      ``Record.image_id`` keeps the id as written, which results use; ``record_id`` is the
+      integer id when every id is an integer, else the image's position in ``images``.
     * Images with no annotation are kept as negatives. ``iscrowd`` defaults to 0; crowd regions are
       kept and marked (:attr:`Record.iscrowd`): not trained on, ignored by the COCO metric.
     * ``bbox`` is xywh in pixels; an annotation with only a ``segmentation`` gets the polygon's (or
@@ -317,9 +323,17 @@ class COCOBBoxParser(_Parser):
             by_id = {c["id"]: self._label(c["name"]) for c in sorted(cats, key=lambda c: c["id"])}
         except (KeyError, TypeError) as e:
             raise DataError(f"{self.annotations_file}: every category needs 'id' and 'name' ({e!r} missing).") from None
+        first_id = {}  # name -> its lowest category id (label_mapping may merge several ids into one name)
+        for cid, name in by_id.items():
+            first_id.setdefault(name, cid)
         if self.class_map is None:
-            names = list(dict.fromkeys(by_id.values()))
-            self.class_map = ClassMap(names)
+            self.class_map = ClassMap(list(first_id), category_ids=list(first_id.values()))
+        else:
+            absent = [n for n in self.class_map.names if n not in first_id]
+            if absent:
+                raise DataError(f"{self.annotations_file}: classes {absent} of the given class map are not among its "
+                                f"categories {list(first_id)}; pass a class map of this file's category names.")
+            self.class_map = ClassMap(self.class_map.names, category_ids=[first_id[n] for n in self.class_map.names])
         return by_id
 
     def _box(self, ann: dict, where: str) -> list[float] | None:
@@ -383,6 +397,10 @@ class COCOBBoxParser(_Parser):
         cats = self._categories()
         images = self.data["images"]
         int_ids = all(isinstance(im.get("id"), int) and not isinstance(im.get("id"), bool) for im in images)
+        if not int_ids and not all(isinstance(im.get("id"), str) for im in images):
+            kinds = sorted({type(im.get("id")).__name__ for im in images})
+            raise DataError(f"{self.annotations_file.name}: image ids must be all ints or all strings (COCO tools sort "
+                            f"them); this file mixes {kinds}. Write every image id (and annotation image_id) one way.")
         by_image: dict = {}
         for ann in self.data.get("annotations") or []:
             by_image.setdefault(ann.get("image_id"), []).append(ann)
@@ -413,5 +431,6 @@ class COCOBBoxParser(_Parser):
                                  "and evaluation, so this image trains as background")
             rid = im["id"] if int_ids else pos
             records.append(Record(rid, path, height, width, np.array(boxes, np.float32).reshape(-1, 4),
-                                  np.array(labels, np.int64), iscrowd=np.array(crowd, bool), source=str(self.annotations_file)))
+                                  np.array(labels, np.int64), iscrowd=np.array(crowd, bool),
+                                  source=str(self.annotations_file), image_id=im["id"]))
         return records

@@ -32,14 +32,13 @@ class COCOAccumulator:
             return
         for p, t in zip(preds, learn.yb[0]):
             boxes = t["geometry"].to_original(p["boxes"].cpu().numpy())
-            self.detections += detections_to_coco(t["record_id"], boxes, p["scores"].cpu().numpy(),
-                                                  p["labels"].cpu().numpy())
+            self.detections += detections_to_coco(t["image_id"], boxes, p["scores"].cpu().numpy(),
+                                                  p["labels"].cpu().numpy(), learn.class_map)
 
     def evaluate(self) -> dict:
         if self.result is None:
             ds = self.learn.dls.valid.dataset
-            names = self.learn.class_map.names
-            self.result = coco_evaluate(ds.records, self.detections, names)
+            self.result = coco_evaluate(ds.records, self.detections, self.learn.class_map)
         return self.result
 
 

@@ -9,6 +9,7 @@ normalisation and channel order are exactly mmdet's) and calls the detector in `
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 
 import torch
@@ -32,23 +33,55 @@ def build_detector(preset, *, num_classes: int, pretrained: str = "none", neck: 
     (``bias_prob=0.01`` in RetinaNet/VFNet heads; YOLOX's own init) and, with
     ``pretrained="imagenet"``, the backbone loads the config's ImageNet checkpoint.
     """
+    cfg = load_config(preset, num_classes=num_classes, pretrained=pretrained, neck=neck, neck_args=neck_args)
+    model = _build(cfg, preset, init_weights=True)
+    model.neck_choice = {"neck": neck, "neck_args": dict(neck_args or {})}
+    model.pretrained = pretrained
+    return model
+
+
+def build_detector_from_config(config: dict, preset) -> MMDetModel:
+    """Rebuild a detector from a saved, resolved mmdet config (``config`` as plain dicts/lists,
+    as :func:`~fpn_lab.checkpoint.save_checkpoint` stores it); weights are left to the caller
+    (``init_weights`` is not called, so nothing is downloaded)."""
+    from mmengine.config import Config
+
+    return _build(Config(config), preset, init_weights=False)
+
+
+def _build(cfg, preset, *, init_weights: bool) -> MMDetModel:
     _register()
     from mmdet.registry import MODELS
 
     from mmengine.logging import MMLogger
 
-    cfg = load_config(preset, num_classes=num_classes, pretrained=pretrained, neck=neck, neck_args=neck_args)
-    detector = MODELS.build(cfg.model)
-    logger = MMLogger.get_current_instance()
-    level = logger.level
-    logger.setLevel(logging.WARNING)  # init_weights logs one INFO block per parameter
-    try:
-        detector.init_weights()
-    finally:
-        logger.setLevel(level)
-    model = MMDetModel(detector, preset, cfg)
-    model.neck_choice = {"neck": neck, "neck_args": dict(neck_args or {})}
-    return model
+    detector = MODELS.build(copy.deepcopy(cfg.model))  # the build adds train_cfg/test_cfg to the head's cfg
+    if init_weights:
+        logger = MMLogger.get_current_instance()
+        level = logger.level
+        logger.setLevel(logging.WARNING)  # init_weights logs one INFO block per parameter
+        try:
+            detector.init_weights()
+        finally:
+            logger.setLevel(level)
+    return MMDetModel(detector, preset, cfg)
+
+
+def class_dependent_keys(model: MMDetModel) -> list[str]:
+    """Names (in ``model.detector``'s state dict) of the tensors whose shape depends on the class count.
+
+    Found by building the head once more with one class more and comparing shapes, so it holds
+    for every head (RetinaNet's ``retina_cls``, VFNet's ``vfnet_cls``, YOLOX's
+    ``multi_level_conv_cls``...) without a list of names.
+    """
+    from mmdet.registry import MODELS
+
+    cfg = copy.deepcopy(model.cfg.model.bbox_head)
+    cfg.num_classes = int(cfg.num_classes) + 1
+    cfg.update(train_cfg=model.cfg.model.get("train_cfg"), test_cfg=model.cfg.model.get("test_cfg"))
+    other = MODELS.build(cfg).state_dict()
+    own = model.detector.bbox_head.state_dict()
+    return [f"bbox_head.{k}" for k in own if k in other and other[k].shape != own[k].shape]
 
 
 def _frozen_norm_train_mode(module: nn.Module) -> None:
@@ -93,6 +126,11 @@ class MMDetModel(nn.Module):
     def levels(self) -> tuple[str, ...]:
         """Feature levels the neck gives the head, e.g. ``("P3", "P4", "P5")``."""
         return level_names(neck_strides(self.cfg))
+
+    @property
+    def num_classes(self) -> int:
+        """Classes the head predicts (no background): labels are ``0 .. num_classes - 1``."""
+        return int(self.detector.bbox_head.num_classes)
 
     @property
     def backbone(self) -> nn.Module:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fpn_lab.errors import ModelError
 from fpn_lab.models.registry import get_preset
-from fpn_lab.models.weights import download_weights, load_matching, load_state_dict
+from fpn_lab.models.weights import download_weights, load_matching, read_checkpoint, state_dict_from
 
 log = logging.getLogger("fpn_lab.models")
 PRETRAINED = ("none", "imagenet", "coco")
@@ -25,7 +25,7 @@ def normalize_pretrained(pretrained) -> str:
 
 
 def build_model(selection, *, num_classes: int, pretrained=False, weights: str | Path | None = None,
-                neck: str | None = None, neck_args: dict | None = None):
+                neck: str | None = None, neck_args: dict | None = None, class_names=None):
     """Build a detector from the catalogue.
 
     Args:
@@ -36,30 +36,73 @@ def build_model(selection, *, num_classes: int, pretrained=False, weights: str |
             backbone from the config's ImageNet checkpoint; ``True``/``"coco"`` loads mmdet's COCO
             weights for the preset (downloaded into the weights cache), re-initialising the
             class-dependent layers when ``num_classes`` differs from COCO's 80.
-        weights: a local checkpoint to load instead of downloading (implies COCO-style loading).
+        weights: a local checkpoint to start from instead of downloading: an fpn_lab checkpoint
+            (``runs/<run>/model.pth``), an mmdet or mmengine ``Runner`` checkpoint (``state_dict``,
+            ``meta``, ``message_hub``...) or a plain state dict, keys with or without ``module.`` /
+            ``detector.`` prefixes (see :func:`~fpn_lab.models.weights.load_matching`).
         neck: ``"fpn"``, ``"pafpn"`` or ``"nasfpn"`` to replace the preset's neck; ``neck_args``
             overrides FPN arguments (``out_channels``, ``start_level``, ``add_extra_convs``,
             ``num_outs``, ``relu_before_extra_convs``). Conflicts with the head are errors.
+        class_names: the dataset's class names in label order. When the checkpoint records its
+            own (fpn_lab checkpoints do): the same names in another order are an error (the head's
+            rows would predict swapped labels); other classes re-initialise the class-dependent
+            layers (a fine-tune), with a warning naming them.
 
     Returns:
-        :class:`~fpn_lab.mmdet_adapter.wrapper.MMDetModel`; ``model.skipped_weights`` lists the
-        checkpoint tensors that were not loaded.
+        :class:`~fpn_lab.mmdet_adapter.wrapper.MMDetModel`; ``model.weights_report`` is the
+        :class:`~fpn_lab.models.weights.LoadReport` (``None`` without weights) and
+        ``model.skipped_weights`` lists the model tensors that kept their initialisation.
+
+    Raises:
+        ModelError: fewer than half of the model's tensors load from the checkpoint, or its
+            classes are the dataset's in another order.
+        WeightsUnavailableError: the weights cannot be downloaded or the file does not exist.
     """
-    from fpn_lab.mmdet_adapter.wrapper import build_detector
+    from fpn_lab.mmdet_adapter.wrapper import build_detector, class_dependent_keys
 
     preset = get_preset(selection)
     mode = "coco" if weights is not None else normalize_pretrained(pretrained)
     model = build_detector(preset, num_classes=num_classes, pretrained=mode, neck=neck or None, neck_args=neck_args)
-    model.skipped_weights = []
+    model.skipped_weights, model.weights_report = [], None
     if mode == "coco":
         path = Path(weights) if weights is not None else download_weights(preset.weights_url)
-        model.skipped_weights = load_matching(model.detector, load_state_dict(path))
-        if model.skipped_weights:
-            log.warning("%s: %d tensors not loaded from %s (kept their initialisation): %s", preset.name,
-                        len(model.skipped_weights), path.name, ", ".join(model.skipped_weights[:8]))
+        ckpt = read_checkpoint(path)
+        skip = ()
+        saved = ckpt.get("class_names") if isinstance(ckpt, dict) else None
+        if saved is not None and class_names is not None and list(saved) != list(class_names):
+            if sorted(saved) == sorted(class_names):
+                raise ModelError(f"checkpoint {path} was trained with classes {list(saved)}, the data has the same "
+                                 f"classes in another order {list(class_names)}: its head would predict swapped "
+                                 "labels. Parse the data with class_map=ClassMap(<the checkpoint's order>).")
+            skip = tuple(class_dependent_keys(model))
+            log.warning("checkpoint %s was trained with classes %s, the data has %s: re-initialising the "
+                        "class-dependent layers %s", path.name, list(saved), list(class_names), ", ".join(skip))
+        model.weights_report = load_matching(model.detector, state_dict_from(ckpt, str(path)), source=str(path),
+                                             skip=skip)
+        model.skipped_weights = model.weights_report.kept_initialisation
+        log.log(logging.WARNING if model.skipped_weights else logging.INFO, "%s: %s", preset.name, model.weights_report)
     return model
 
 
 def count_parameters(model) -> int:
     """Number of parameters (trainable or not)."""
     return sum(p.numel() for p in model.parameters())
+
+
+def check_num_classes(model, class_names, where: str) -> None:
+    """Refuse a model whose head predicts another number of classes than the class map holds.
+
+    Args:
+        model: an :class:`~fpn_lab.mmdet_adapter.wrapper.MMDetModel`.
+        class_names: the dataset's :class:`~fpn_lab.core.class_map.ClassMap` or names in label order.
+        where: the calling function, for the message.
+
+    Raises:
+        ModelError: naming both counts and the classes (labels beyond the map would otherwise be
+            dropped in evaluation and fail in drawings).
+    """
+    names = list(getattr(class_names, "names", class_names))
+    if model.num_classes != len(names):
+        raise ModelError(f"{where}: the model predicts num_classes={model.num_classes} but the dataset's class map has "
+                         f"{len(names)} classes ({', '.join(map(str, names))}); build the model with "
+                         f"num_classes=len(class_map) = {len(names)}.")

@@ -13,14 +13,25 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Rectangle
 
+from fpn_lab.errors import ModelError
+
 COLORS = plt.get_cmap("tab10").colors
 
 
 def draw_boxes(ax, image: np.ndarray, boxes, labels, class_names: Sequence[str], scores=None, title: str = "") -> None:
-    """Draw ``uint8[H, W, 3]`` RGB ``image`` with boxes, class names and optional scores on ``ax``."""
-    ax.imshow(image)
+    """Draw ``uint8[H, W, 3]`` RGB ``image`` with boxes, class names and optional scores on ``ax``.
+
+    Raises:
+        ModelError: a label has no name in ``class_names`` (a model built for another class count).
+    """
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-    for k, (b, lab) in enumerate(zip(boxes, np.asarray(labels).reshape(-1))):
+    labels = np.asarray(labels).reshape(-1)
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(class_names)):
+        raise ModelError(f"label {int(labels.max() if labels.max() >= len(class_names) else labels.min())} has no "
+                         f"class name: the class map has {len(class_names)} classes ({', '.join(map(str, class_names))}); "
+                         "the predictions come from a model built for another class count.")
+    ax.imshow(image)
+    for k, (b, lab) in enumerate(zip(boxes, labels)):
         color = COLORS[int(lab) % len(COLORS)]
         ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, edgecolor=color, linewidth=1.5))
         text = class_names[int(lab)] + (f" {float(scores[k]):.2f}" if scores is not None else "")

@@ -1,0 +1,161 @@
+"""Starting from a checkpoint: fpn_lab, mmdet, mmengine Runner and plain state dicts load (or fail loudly),
+counts are exact, and a model built from a checkpoint predicts what the saved model predicted."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import DATA
+from fpn_lab.checkpoint import check_reload, load_checkpoint, save_checkpoint
+from fpn_lab.core.class_map import ClassMap
+from fpn_lab.data.parsers import VOCBBoxParser
+from fpn_lab.errors import ModelError
+from fpn_lab.models.build import build_model
+
+PRESET = "yolox_tiny_pafpn_300e"
+
+
+@pytest.fixture(scope="module")
+def fridge():
+    parser = VOCBBoxParser(DATA / "fridge" / "annotations", DATA / "fridge" / "images")
+    records = parser.parse()
+    return parser.class_map, [r.filepath for r in records[:3]]
+
+
+@pytest.fixture(scope="module")
+def trained(fridge):
+    """A model with non-initial weights (every tensor perturbed), so a failed load cannot pass."""
+    class_map, _ = fridge
+    torch.manual_seed(0)
+    model = build_model(PRESET, num_classes=len(class_map))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    return model.eval()
+
+
+def _mmengine_runner_checkpoint(model, tmp_path):
+    """An ``epoch_1.pth`` as mmengine's ``Runner.save_checkpoint`` writes it: ``meta``, ``state_dict``
+    and the message hub's state (HistoryBuffers, pickled with ``getattr``), saved by mmengine's
+    own ``save_checkpoint``."""
+    from mmengine.logging import MessageHub
+    from mmengine.runner.checkpoint import get_state_dict, save_checkpoint as mmengine_save, weights_to_cpu
+
+    hub = MessageHub.get_instance("fpn_lab-test-runner")
+    hub.update_scalar("train/loss", 1.5)
+    hub.update_scalar("train/lr", 0.01)
+    path = tmp_path / "epoch_1.pth"
+    mmengine_save({"meta": {"epoch": 1, "iter": 10, "seed": 0, "mmengine_version": "0.10.7"},
+                   "state_dict": weights_to_cpu(get_state_dict(model.detector)), "message_hub": hub.state_dict()},
+                  str(path))
+    return path
+
+
+def test_model_built_from_an_fpn_lab_checkpoint_predicts_the_same_boxes(fridge, trained, tmp_path):
+    class_map, images = fridge
+    path = save_checkpoint(tmp_path / "model.pth", trained, class_map, image_size=64)
+    model = build_model(PRESET, num_classes=len(class_map), weights=path, class_names=class_map.names)
+    report = model.weights_report
+    assert len(report.loaded) == report.model_tensors and not model.skipped_weights, str(report)
+    assert check_reload(trained, model, images, image_size=64) > 0  # raises when any box differs
+
+
+@pytest.mark.parametrize("layout", ["mmdet", "mmdet-ddp", "plain-detector", "plain-wrapper", "mmengine-runner"])
+def test_every_checkpoint_layout_loads_every_tensor(fridge, trained, tmp_path, layout):
+    class_map, images = fridge
+    det = trained.detector.state_dict()
+    path = tmp_path / "w.pth"
+    if layout == "mmdet":
+        torch.save({"meta": {"dtype": np.dtype("float32"), "epoch": 12}, "state_dict": det}, path)
+    elif layout == "mmdet-ddp":
+        torch.save({"meta": {}, "state_dict": {f"module.{k}": v for k, v in det.items()}}, path)
+    elif layout == "plain-detector":
+        torch.save(det, path)
+    elif layout == "plain-wrapper":
+        torch.save(trained.state_dict(), path)  # keys detector.*
+    else:
+        path = _mmengine_runner_checkpoint(trained, tmp_path)
+        assert "builtins.getattr" in torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    model = build_model(PRESET, num_classes=len(class_map), weights=path)
+    assert len(model.weights_report.loaded) == len(det) == model.weights_report.model_tensors
+    assert check_reload(trained, model, images, image_size=64) > 0
+
+
+def test_counts_are_exact_when_class_layers_differ(tmp_path):
+    src = build_model(PRESET, num_classes=80)
+    path = tmp_path / "coco_like.pth"
+    torch.save({"state_dict": src.detector.state_dict()}, path)
+    model = build_model(PRESET, num_classes=3, weights=path)
+    r = model.weights_report
+    mismatched = [n for n, _, _ in r.shape_mismatch]
+    assert mismatched == model.skipped_weights and len(mismatched) == 6  # weight + bias of 3 levels
+    assert all("multi_level_conv_cls" in n for n in mismatched)
+    assert len(r.loaded) + len(mismatched) == r.model_tensors and not r.not_in_model and not r.not_in_checkpoint
+    assert f"loaded {r.model_tensors - 6} of the model's {r.model_tensors} tensors" in str(r)
+
+
+def test_a_checkpoint_of_another_architecture_is_an_error(tmp_path):
+    other = build_model("retinanet_r18_fpn_1x", num_classes=3)
+    path = tmp_path / "retina.pth"
+    torch.save({"state_dict": other.detector.state_dict()}, path)
+    with pytest.raises(ModelError, match=r"loaded \d+ of the model's \d+ tensors.*Fewer than 50%"):
+        build_model(PRESET, num_classes=3, weights=path)
+
+
+def test_a_file_that_is_not_a_checkpoint_is_an_error(tmp_path):
+    path = tmp_path / "notes.pth"
+    path.write_text("not a checkpoint")
+    with pytest.raises(ModelError, match="not a readable torch checkpoint"):
+        build_model(PRESET, num_classes=3, weights=path)
+    torch.save({"epoch": 3, "notes": "no weights"}, path)
+    with pytest.raises(ModelError, match=r"no state dict of tensors found \(top level: \['epoch', 'notes'\]"):
+        build_model(PRESET, num_classes=3, weights=path)
+
+
+def test_fine_tune_from_a_checkpoint_with_other_classes(fridge, trained, tmp_path, caplog):
+    class_map, _ = fridge
+    path = save_checkpoint(tmp_path / "model.pth", trained, class_map, image_size=64)
+    reordered = list(reversed(class_map.names))
+    with pytest.raises(ModelError, match="same classes in another order"):
+        build_model(PRESET, num_classes=len(class_map), weights=path, class_names=reordered)
+    others = ["a", "b", "c", "d"]  # same count, other classes: the head's class rows must not carry over
+    with caplog.at_level(logging.WARNING, logger="fpn_lab.models"):
+        model = build_model(PRESET, num_classes=4, weights=path, class_names=others)
+    assert "re-initialising the class-dependent layers" in caplog.text
+    assert sorted(model.weights_report.reinitialised) == sorted(model.skipped_weights)
+    assert all("multi_level_conv_cls" in n for n in model.skipped_weights) and len(model.skipped_weights) == 6
+    name = "bbox_head.multi_level_conv_cls.0.weight"
+    assert not torch.equal(model.detector.state_dict()[name], trained.detector.state_dict()[name])
+    extra = build_model(PRESET, num_classes=5, weights=path, class_names=[*class_map.names, "bird"])
+    assert len(extra.skipped_weights) == 6
+
+
+def test_load_checkpoint_rebuilds_from_the_saved_config_and_returns_the_letterbox(fridge, trained, tmp_path, caplog):
+    class_map, images = fridge
+    path = save_checkpoint(tmp_path / "m.pth", trained, class_map, image_size=64, pad_position="center")
+    ckpt = torch.load(path)
+    ckpt["config"]["model"]["bbox_head"]["feat_channels"] = 80  # as if saved under another mmdet version
+    ckpt["state_dict"] = {k: v for k, v in ckpt["state_dict"].items()}
+    torch.save(ckpt, path)
+    with pytest.raises(ModelError, match="do not fit its own config"), caplog.at_level(logging.WARNING):
+        load_checkpoint(path)
+    assert "differs from the one saved with the checkpoint" in caplog.text and "feat_channels" in caplog.text
+    path = save_checkpoint(tmp_path / "m.pth", trained, class_map, image_size=64, pad_position="center")
+    model, info = load_checkpoint(path, class_map=class_map)
+    assert (info["image_size"], info["pad_position"], info["pad_value"]) == (64, "center", [114.0] * 3)
+    assert check_reload(trained, model, images, image_size=64) > 0
+    with pytest.raises(ModelError, match=r"same names in another order"):
+        load_checkpoint(path, class_map=ClassMap(list(reversed(class_map.names))))
+    with pytest.raises(ModelError, match=r"trained with classes \[.*\] but \[.*'bird'\] were expected"):
+        load_checkpoint(path, class_map=[*class_map.names, "bird"])
+
+
+def test_load_checkpoint_has_no_remap_argument(fridge, trained, tmp_path):
+    class_map, _ = fridge
+    path = save_checkpoint(tmp_path / "m.pth", trained, class_map, image_size=64)
+    with pytest.raises(TypeError):
+        load_checkpoint(path, class_map=class_map, remap={"milk_bottle": "carton"})
