@@ -13,7 +13,7 @@ def _run(args) -> int:
     from fpn_lab.runner.params import parse_set
 
     kwargs = {"overrides": parse_set(args.set), "runs_dir": args.runs_dir, "kernel": args.kernel,
-              "timeout": args.timeout, "hide_input": args.hide_input}
+              "timeout": args.timeout, "hide_input": args.hide_input, "run_dir": args.run_dir}
     if args.notebook:
         kwargs["notebook"] = args.notebook
     run_dir, ok = run_notebook(args.params, **kwargs)
@@ -59,7 +59,9 @@ def main(argv=None) -> int:
     run.add_argument("params", nargs="?", help="params YAML (empty file = notebook defaults)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one parameter (repeatable)")
     run.add_argument("--notebook", help="notebook to run (default notebooks/getting_started.ipynb)")
-    run.add_argument("--runs-dir", default="runs")
+    run.add_argument("--runs-dir", default="runs", help="folder for a new runs/<run_name or timestamp-preset>/")
+    run.add_argument("--run-dir", help="run into exactly this folder, which must be new or empty (fpn-lab batch "
+                     "uses it); --runs-dir and run_name then do not choose the folder")
     run.add_argument("--kernel", default="fpn-lab", help="Jupyter kernel name (default fpn-lab)")
     run.add_argument("--timeout", type=float, default=None, help="per-cell timeout in seconds")
     run.add_argument("--hide-input", action="store_true", help="render the HTML without code cells' input")

@@ -27,6 +27,11 @@ class ModelError(FpnLabError):
     """A model preset, its options or a checkpoint do not fit together."""
 
 
+class NeckIncompatibleError(ModelError):
+    """The chosen neck cannot give the levels the preset's head uses (NAS-FPN needs P3-P7, YOLOX's
+    head takes P3-P5); not raised for bad neck names or arguments."""
+
+
 class WeightsUnavailableError(ModelError):
     """Pretrained weights could not be downloaded or found locally."""
 

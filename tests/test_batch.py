@@ -1,37 +1,52 @@
-"""fpn-lab batch: two smoke runs and one failing run give the comparison page and a non-zero exit;
-the pages open in headless Chromium with the network blocked, every image loaded."""
+"""fpn-lab batch: two smoke runs (two at a time) and one failing run give the comparison page and a
+non-zero exit; each row comes from its own run's folder; the pages open in headless Chromium with the
+network blocked, every image loaded."""
 
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 import subprocess
 import sys
+import threading
+from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import ROOT
+from fpn_lab.runner import batch as batch_module
 
-pytestmark = pytest.mark.notebook
+notebook = pytest.mark.notebook
 PARAMS = ROOT / "tests" / "data" / "params"
 ARTIFACTS = ROOT / "test-artifacts"
 
 
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory):
+    """README's example shape: ``--jobs 2``, so smoke_a and smoke_b write into the batch folder at once."""
     runs = tmp_path_factory.mktemp("runs")
     cmd = [sys.executable, "-m", "fpn_lab.cli", "batch", str(PARAMS / "smoke_a.yaml"), str(PARAMS / "smoke_b.yaml"),
-           str(PARAMS / "broken.yaml"), "--runs-dir", str(runs), "--name", "cmp", "--min", "AP50=0.0"]
+           str(PARAMS / "broken.yaml"), "--runs-dir", str(runs), "--name", "cmp", "--min", "AP50=0.0", "--jobs", "2"]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
     return out, runs / "cmp"
 
 
+@notebook
 def test_batch_with_a_failing_run(batch):
     out, batch_dir = batch
     assert out.returncode == 1, out.stdout + out.stderr
     rows = {r["run"]: r for r in csv.DictReader(open(batch_dir / "comparison.csv"))}
     assert rows["smoke_a"]["status"] == rows["smoke_b"]["status"] == "ok", out.stdout
+    # each row holds its own run's values (smoke_b differs in neck, image size and seed)
     assert rows["smoke_a"]["neck"] == "YOLOXPAFPN" and rows["smoke_b"]["neck"] == "FPN"
+    assert (rows["smoke_a"]["image_size"], rows["smoke_a"]["seed"]) == ("64", "42")
+    assert (rows["smoke_b"]["image_size"], rows["smoke_b"]["seed"]) == ("96", "7")
+    for name in ("smoke_a", "smoke_b"):
+        metrics = json.loads((batch_dir / name / "metrics.json").read_text())
+        assert metrics["params"]["run_name"] == name and metrics["status"] == "ok"
+    assert sorted(p.name for p in batch_dir.iterdir() if p.is_dir()) == ["broken", "smoke_a", "smoke_b"]
     assert rows["broken"]["status"] == "failed" and rows["broken"]["failed_step"] == "DataLoaders and learner"
     assert "batch_size 16 is larger than the training set" in rows["broken"]["error"]
     page = (batch_dir / "index.html").read_text()
@@ -39,6 +54,47 @@ def test_batch_with_a_failing_run(batch):
     assert 'href="smoke_a/getting_started.html"' in page and "data:image/png;base64," in page
 
 
+def _fake_run(started: threading.Barrier):
+    """A stand-in for ``subprocess.run`` of ``fpn-lab run``: makes the run folder the command names
+    (``--run-dir``, or ``--runs-dir``/``run_name`` as before), waits until the other run has made
+    its folder too, then writes a ``metrics.json`` carrying its own params file's values. Other
+    commands run as usual."""
+    real_run = subprocess.run
+
+    def run(cmd, **kwargs):
+        if not (isinstance(cmd, list) and "fpn_lab.cli" in cmd):
+            return real_run(cmd, **kwargs)
+        args = cmd[cmd.index("run") + 1:]
+        params = yaml.safe_load(Path(args[0]).read_text())
+        sets = dict(args[i + 1].split("=", 1) for i, a in enumerate(args) if a == "--set")
+        if "--run-dir" in args:
+            run_dir = Path(args[args.index("--run-dir") + 1])
+        else:
+            run_dir = Path(args[args.index("--runs-dir") + 1]) / sets["run_name"]
+        run_dir.mkdir(parents=True, exist_ok=True)
+        started.wait()
+        (run_dir / "metrics.json").write_text(json.dumps({"status": "ok", "params": {**params, **sets}}))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    return run
+
+
+def test_parallel_runs_each_read_their_own_folder(tmp_path, monkeypatch):
+    """``--jobs 2``: both runs write into the batch folder at once; each row must come from its own
+    run (it used to take the first new folder in the batch folder: the other run's, for one of them)."""
+    files = []
+    for name, size, seed in (("a", 64, 1), ("b", 96, 2)):
+        files.append(tmp_path / f"{name}.yaml")
+        files[-1].write_text(f"selection: yolox_tiny_pafpn_300e\ndata_dir: data/fridge\nimage_size: {size}\nseed: {seed}\n")
+    monkeypatch.setattr(batch_module.subprocess, "run", _fake_run(threading.Barrier(2, timeout=60)))
+    batch_dir, code = batch_module.run_batch(files, jobs=2, name="par", runs_dir=tmp_path / "runs", echo=False)
+    rows = {r["run"]: r for r in csv.DictReader(open(batch_dir / "comparison.csv"))}
+    assert code == 0 and rows["a"]["status"] == rows["b"]["status"] == "ok"
+    assert (rows["a"]["image_size"], rows["a"]["seed"]) == ("64", "1")
+    assert (rows["b"]["image_size"], rows["b"]["seed"]) == ("96", "2")
+
+
+@notebook
 def test_bad_params_give_a_failed_row_without_a_run(tmp_path):
     bad = tmp_path / "typo.yaml"
     bad.write_text("selection: yolox_tiny_pafpn_300e\nepoch: 1\n")
@@ -49,6 +105,7 @@ def test_bad_params_give_a_failed_row_without_a_run(tmp_path):
     assert row["failed_step"].startswith("parameters") and "Did you mean 'epochs'" in row["error"]
 
 
+@notebook
 def test_gate_fails_a_run_below_the_floor(tmp_path):
     cmd = [sys.executable, "-m", "fpn_lab.cli", "batch", str(PARAMS / "smoke_a.yaml"), "--runs-dir", str(tmp_path),
            "--min", "AP50=0.99"]
@@ -59,6 +116,7 @@ def test_gate_fails_a_run_below_the_floor(tmp_path):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+@notebook
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)")
 @pytest.mark.parametrize("page_name", ["index.html", "smoke_a/getting_started.html"])
 def test_pages_open_offline_in_chromium(batch, page_name):

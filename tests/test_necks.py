@@ -56,3 +56,16 @@ def test_conflicting_neck_arguments_are_clear_errors(kwargs, match):
 def test_yoloxs_own_pafpn_takes_no_fpn_arguments():
     with pytest.raises(ModelError, match="neck is YOLOXPAFPN, which takes none of"):
         build_model("yolox_tiny_pafpn_300e", num_classes=3, neck_args={"num_outs": 3})
+
+
+def test_only_a_neck_the_head_cannot_use_is_neck_incompatible():
+    """compare_necks.ipynb skips a neck on NeckIncompatibleError only; other neck errors stay ModelError."""
+    from fpn_lab.errors import NeckIncompatibleError
+
+    assert issubclass(NeckIncompatibleError, ModelError)
+    with pytest.raises(NeckIncompatibleError, match="NAS-FPN needs five levels"):
+        build_model("yolox_tiny_pafpn_300e", num_classes=3, neck="nasfpn")
+    for kwargs in ({"neck": "bifpn"}, {"neck_args": {"num_outs": 4}}, {"neck": "nasfpn", "neck_args": {"num_outs": 4}}):
+        with pytest.raises(ModelError) as info:
+            build_model("retinanet_r18_fpn_1x", num_classes=3, **kwargs)
+        assert not isinstance(info.value, NeckIncompatibleError), (kwargs, info.value)

@@ -65,6 +65,17 @@ def test_bad_params_fail_before_a_run_folder_is_made(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_an_explicit_run_dir_must_be_new_or_empty(tmp_path):
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "metrics.json").write_text("{}")
+    with pytest.raises(ParamsError, match=r"taken is a folder holding \['metrics.json'\].*must be new or empty"):
+        run_notebook(ROOT / "params" / "smoke.yaml", run_dir=taken, echo=False)
+    with pytest.raises(ParamsError, match="must be new or empty"):
+        run_notebook(ROOT / "params" / "smoke.yaml", overrides={"run_dir": str(taken / "metrics.json")}, echo=False)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["metrics.json", "taken"]
+
+
 def test_compare_necks_notebook(tmp_path):
     overrides = {"selection": "yolox_tiny_pafpn_300e", "necks": ["fpn", "nasfpn"], "data_dir": "data/fridge",
                  "split": "random", "image_size": 64, "batch_size": 2, "epochs": 1}
@@ -74,6 +85,53 @@ def test_compare_necks_notebook(tmp_path):
     rows = {r["neck"]: r for r in json.loads((run_dir / "metrics.json").read_text())["necks"]}
     assert rows["fpn"]["status"] == "ok" and rows["fpn"]["neck_type"] == "FPN" and rows["fpn"]["GFLOPs"] > 0
     assert rows["nasfpn"]["status"].startswith("skipped: NAS-FPN needs five levels")
+
+
+def test_compare_necks_fails_on_an_error_that_is_not_an_incompatible_neck(tmp_path):
+    """Only "this head cannot use this neck" is a skipped row; any other error fails the run (an
+    unknown neck name used to be recorded as skipped, and the run as ok)."""
+    overrides = {"selection": "yolox_tiny_pafpn_300e", "necks": ["bifpn", "fpn"], "data_dir": "data/fridge",
+                 "split": "random", "image_size": 64, "batch_size": 2, "epochs": 1}
+    run_dir, ok = run_notebook(notebook=ROOT / "notebooks" / "compare_necks.ipynb", overrides=overrides,
+                               runs_dir=tmp_path, echo=False)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert not ok and metrics["status"] == "failed" and metrics["error"]["ename"] == "ModelError"
+    assert "unknown neck 'bifpn'" in metrics["error"]["evalue"]
+
+
+def _notebook_with_progress_lines(tmp_path):
+    """getting_started.ipynb with ``cbs=[run.progress_callback()]`` in its ``make_learner`` line (a
+    copy with the line added while the notebook itself does not have it)."""
+    import nbformat
+
+    path = ROOT / "notebooks" / "getting_started.ipynb"
+    nb = nbformat.read(str(path), as_version=4)
+    if any("progress_callback()" in c.source for c in nb.cells):
+        return path
+    (cell,) = [c for c in nb.cells if c.source.startswith("learn = make_learner(")]
+    assert cell.source.rstrip().endswith("path=run.dir)"), cell.source
+    cell.source = cell.source.rstrip()[:-1] + ", cbs=[run.progress_callback()])"
+    nbformat.write(nb, str(tmp_path / path.name))
+    return tmp_path / path.name
+
+
+def test_headless_run_prints_one_line_per_epoch_outside_the_notebook(tmp_path):
+    cmd = [sys.executable, "-m", "fpn_lab.cli", "run", str(ROOT / "params" / "smoke.yaml"), "--set", "epochs=2",
+           "--set", "lr_find_iters=0", "--notebook", str(_notebook_with_progress_lines(tmp_path)),
+           "--runs-dir", str(tmp_path / "runs")]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    line = r"epoch {}/2: train_loss \d+\.\d{{4}}, valid_loss \d+\.\d{{4}}, AP (\d+\.\d{{4}}|nan), AP50 \S+, \d+\.\d s"
+    err = out.stderr.splitlines()
+    at = [next(i for i, s in enumerate(err) if re.fullmatch(r"\[fpn-lab\] " + line.format(k), s)) for k in (1, 2)]
+    cells = [i for i, s in enumerate(err) if re.match(r"\[fpn-lab \d\d:\d\d\] cell ", s)]
+    assert cells[0] < at[0] < at[1] < cells[-1], out.stderr  # printed while the run goes, not at its end
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    log = (run_dir / "run.log").read_text()
+    assert all(re.search(r" INFO fpn_lab.progress: " + line.format(k), log) for k in (1, 2)), log[-3000:]
+    outputs = json.dumps([c.get("outputs", []) for c in json.loads((run_dir / "getting_started.ipynb").read_text())["cells"]])
+    assert "fpn_lab.progress" not in outputs and not re.search(r"epoch \d/2:", outputs)  # one clean fastai table
+    assert "train_loss" in outputs  # ... which is there
 
 
 def test_dead_kernel_is_reported_as_such(tmp_path):

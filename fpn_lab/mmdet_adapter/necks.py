@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from fpn_lab.errors import ModelError
+from fpn_lab.errors import ModelError, NeckIncompatibleError
 
 #: fpn_lab neck name -> mmdet neck type.
 NECK_TYPES = {"fpn": "FPN", "pafpn": "PAFPN", "nasfpn": "NASFPN"}
@@ -64,8 +64,10 @@ def set_neck(cfg, preset, neck: str | None = None, **args) -> None:
         **args: any of :data:`FPN_ARGS`.
 
     Raises:
-        ModelError: unknown neck or argument, a neck that cannot give the head's levels (NAS-FPN
-            needs five, P3-P7), or arguments whose levels or strides differ from the head's.
+        NeckIncompatibleError: a neck that cannot give the head's levels (NAS-FPN needs five,
+            P3-P7) or, without arguments, other strides than the head's.
+        ModelError: unknown neck or argument, or arguments whose levels or strides differ from the
+            head's.
     """
     unknown = sorted(set(args) - set(FPN_ARGS))
     if unknown:
@@ -90,8 +92,8 @@ def set_neck(cfg, preset, neck: str | None = None, **args) -> None:
            "start_level": start, "num_outs": args.get("num_outs", len(want))}
     if neck == "nasfpn":
         if len(want) != 5:
-            raise ModelError(f"NAS-FPN needs five levels P3-P7, but {preset.name}'s head uses "
-                             f"{len(want)} ({', '.join(level_names(want))}); choose neck 'fpn' or 'pafpn'.")
+            raise NeckIncompatibleError(f"NAS-FPN needs five levels P3-P7, but {preset.name}'s head uses "
+                                        f"{len(want)} ({', '.join(level_names(want))}); choose neck 'fpn' or 'pafpn'.")
         extra = sorted(set(args) - {"out_channels", "start_level", "num_outs"})
         if extra:
             raise ModelError(f"NAS-FPN takes out_channels, start_level and num_outs, not {extra}.")
@@ -110,6 +112,7 @@ def set_neck(cfg, preset, neck: str | None = None, **args) -> None:
     got = neck_strides(cfg)
     if got != want:
         culprit = "start_level" if "start_level" in args else "num_outs" if "num_outs" in args else "the neck"
-        raise ModelError(f"{culprit}: this neck gives strides {got} ({', '.join(level_names(got))}) but "
-                         f"{preset.name}'s head expects {want} ({', '.join(level_names(want))}).")
+        error = NeckIncompatibleError if culprit == "the neck" else ModelError  # no arguments: the neck itself
+        raise error(f"{culprit}: this neck gives strides {got} ({', '.join(level_names(got))}) but "
+                    f"{preset.name}'s head expects {want} ({', '.join(level_names(want))}).")
     cfg.model.bbox_head.in_channels = new["out_channels"]

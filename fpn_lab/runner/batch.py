@@ -1,10 +1,13 @@
 """Batches of headless runs and their comparison page.
 
 ``fpn-lab batch a.yaml b.yaml ...`` runs each params file as its own ``fpn-lab run`` process into
-``runs/<batch>/<run>/`` (continuing past failures), then writes ``runs/<batch>/comparison.csv``
-and a self-contained ``runs/<batch>/index.html``: one row per run, plots, links to each rendered
-notebook, failed runs with the failing step, and rows whose data, split, seed or image size differ
-from the batch's majority flagged as not comparable.
+``runs/<batch>/<params-file-stem>/`` (continuing past failures), then writes
+``runs/<batch>/comparison.csv`` and a self-contained ``runs/<batch>/index.html``: one row per run,
+plots, links to each rendered notebook, failed runs with the failing step, and rows whose data,
+split, seed or image size differ from the batch's majority flagged as not comparable.
+
+Each run is told its folder (``fpn-lab run --run-dir``) and its row is read from there, so runs
+going at the same time (``--jobs``) never take each other's results.
 """
 
 from __future__ import annotations
@@ -52,20 +55,26 @@ def params_notebook(params_file: Path) -> Path:
 
 
 def _run_one(params: Path, batch_dir: Path, overrides: list[str], threads: int, timeout: float | None) -> Path | None:
-    cmd = [sys.executable, "-m", "fpn_lab.cli", "run", str(params), "--runs-dir", str(batch_dir),
+    """Run ``params`` as ``fpn-lab run --run-dir batch_dir/<stem>``; return that folder, or ``None``
+    when the run never made it.
+
+    The folder is named here, not found afterwards: with ``--jobs`` above 1 other runs create
+    folders in ``batch_dir`` at the same time. ``batch_dir`` is new and stems are distinct, so
+    the folder is free.
+    """
+    run_dir = batch_dir / params.stem
+    cmd = [sys.executable, "-m", "fpn_lab.cli", "run", str(params), "--run-dir", str(run_dir),
            "--notebook", str(params_notebook(params)), "--set", f"run_name={params.stem}"]
     for item in overrides:
         cmd += ["--set", item]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    before = set(batch_dir.iterdir())
     log = batch_dir / f"{params.stem}.batch.log"
     with open(log, "w") as fh:
         try:
             subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=project_path("."), timeout=timeout)
         except subprocess.TimeoutExpired:
             fh.write(f"\n[fpn-lab batch] timed out after {timeout} s\n")
-    made = sorted(set(batch_dir.iterdir()) - before - {log})
-    return made[0] if made else None
+    return run_dir if run_dir.is_dir() else None
 
 
 def _failed_step(run_dir: Path, cell_index) -> str:
@@ -102,7 +111,7 @@ def _row(name: str, run_dir: Path | None) -> dict:
     else:
         err = m.get("error", {"ename": "NoRun", "evalue": "the run did not start; see its .batch.log"})
         row["error"] = f"{err.get('ename')}: {str(err.get('evalue'))[:300]}"
-        row["failed_step"] = _failed_step(run_dir, err.get("cell_index")) if run_dir else "start"
+        row["failed_step"] = (_failed_step(run_dir, err.get("cell_index")) if run_dir else "") or "start"
     row["_dir"] = run_dir
     return row
 

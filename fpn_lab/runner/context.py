@@ -170,6 +170,14 @@ class Run:
     def path(self, name: str) -> Path:
         return self.dir / name
 
+    def progress_callback(self):
+        """A fastai callback printing one line per epoch (losses, AP, AP50, seconds) to the console
+        and appending it to ``run.log``, outside the notebook
+        (:class:`~fpn_lab.learner.progress.EpochLine`): ``make_learner(..., cbs=[run.progress_callback()])``."""
+        from fpn_lab.learner.progress import EpochLine
+
+        return EpochLine(file=self.path("run.log"))
+
     def finish(self, **sections) -> Path:
         """Write ``metrics.json`` with ``status: ok`` and the given sections (see module docstring)."""
         self.timing["total_notebook"] = time.perf_counter() - self.started

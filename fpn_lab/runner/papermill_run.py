@@ -3,6 +3,11 @@
 A run folder holds the executed notebook, its self-contained HTML, ``metrics.json``,
 ``predictions.json``, the checkpoint and ``run.log``. A failed run still leaves the partial
 notebook, its HTML and the log, and its ``metrics.json`` says ``failed`` with the failing cell.
+
+The folder is ``runs_dir/<run_name or timestamp-preset>`` (``-2``, ``-3``... appended rather than
+reuse a folder), or exactly ``run_dir`` when the caller names one (``fpn-lab run --run-dir``), which
+must be new or empty: ``fpn-lab batch`` names each run's folder so, and reads its results from there
+whatever other runs write next to it.
 """
 
 from __future__ import annotations
@@ -129,6 +134,28 @@ def add_summary_cell(notebook: Path, metrics: dict) -> None:
     tmp.replace(notebook)
 
 
+def claim_run_dir(path: str | Path) -> Path:
+    """Make ``path`` the run folder: created (with its parents) when missing; an existing folder
+    must be empty, so a run never mixes its files with another run's.
+
+    Raises:
+        ParamsError: ``path`` is a file or a folder with files in it.
+    """
+    run_dir = project_path(path)
+    try:
+        run_dir.mkdir(parents=True)
+    except NotADirectoryError:
+        raise ParamsError(f"run folder {display_path(run_dir)}: a folder above it is a file; name a folder "
+                          "whose parents are folders (or new).") from None
+    except FileExistsError:
+        if not run_dir.is_dir() or any(run_dir.iterdir()):
+            what = "a file" if not run_dir.is_dir() else f"a folder holding {sorted(p.name for p in run_dir.iterdir())[:5]}"
+            raise ParamsError(f"run folder {display_path(run_dir)} is {what}; a run folder given with --run-dir (or the "
+                              "run_dir parameter) must be new or empty. Name another folder, or leave --run-dir out "
+                              "to get a new runs/<name>/ folder.") from None
+    return run_dir
+
+
 def _failure(error: BaseException) -> dict:
     info = {"ename": getattr(error, "ename", type(error).__name__), "evalue": getattr(error, "evalue", str(error))}
     if getattr(error, "cell_index", None) is not None:
@@ -141,8 +168,13 @@ def _failure(error: BaseException) -> dict:
 
 def run_notebook(params_file: str | Path | None = None, *, overrides: dict | None = None,
                  notebook: str | Path = DEFAULT_NOTEBOOK, runs_dir: str | Path = "runs", kernel: str = KERNEL_NAME,
-                 timeout: float | None = None, echo: bool = True, hide_input: bool = False) -> tuple[Path, bool]:
+                 timeout: float | None = None, echo: bool = True, hide_input: bool = False,
+                 run_dir: str | Path | None = None) -> tuple[Path, bool]:
     """Execute ``notebook`` with the parameters of ``params_file`` (plus ``overrides``).
+
+    The run goes into ``run_dir`` when given (or the ``run_dir`` parameter is set), a folder that
+    must be new or empty (:func:`claim_run_dir`); otherwise into a new ``runs_dir/<run_name>``
+    (default ``<timestamp>-<preset>``), never an existing folder.
 
     Returns ``(run_dir, ok)``. Parameter, notebook and kernel problems raise
     :class:`~fpn_lab.errors.ParamsError` before anything runs; a failure inside the notebook
@@ -162,7 +194,8 @@ def run_notebook(params_file: str | Path | None = None, *, overrides: dict | Non
         log.warning(note)
     selection = params.get("selection", spec.get("selection", {}).get("default"))
     name = params.get("run_name") or default_run_name(get_preset(selection).name if selection is not None else "run")
-    run_dir = unique_run_dir(runs_dir, name)
+    run_dir = run_dir or params.get("run_dir")
+    run_dir = claim_run_dir(run_dir) if run_dir else unique_run_dir(runs_dir, name)
     params["run_dir"] = display_path(run_dir)
     if "interactive" in spec:
         params["interactive"] = False  # no one clicks widgets in a headless run: `selection` decides

@@ -1,0 +1,111 @@
+"""One line per training epoch for headless runs, written outside the notebook.
+
+A papermill run shows nothing while it trains: fastai's progress table is HTML in the notebook,
+which papermill neither logs nor echoes. :class:`EpochLine` writes, after each epoch::
+
+    [fpn-lab] epoch 2/7: train_loss 1.2345, valid_loss 1.4321, AP 0.1234, AP50 0.3456, 41.2 s
+
+to the kernel process's terminal and appends it (with a timestamp) to a log file, the run's
+``run.log``. The notebook keeps fastai's table and nothing else: ipykernel (6 and later) redirects
+file descriptors 1 and 2 into the notebook, so ``print`` and even ``sys.__stderr__`` would add a
+stream output to the training cell; ``sys.stderr.fileno()`` is ipykernel's copy of the descriptor
+the kernel started with, which papermill's kernel inherits from ``fpn-lab run`` (the console, or a
+batch run's ``.batch.log``). In a plain Python process it is descriptor 2.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import TextIO
+
+from fastai.callback.core import Callback
+
+
+def terminal_fd() -> int | None:
+    """The file descriptor of the process's terminal that a Jupyter kernel does not capture, or ``None``.
+
+    ipykernel's ``sys.stderr.fileno()`` returns its copy of the original descriptor 2; a kernel that
+    does not capture descriptors (``capture_fd_output = False``, Windows) raises there, and then
+    ``sys.__stderr__`` is the terminal.
+    """
+    for stream in (sys.stderr, sys.__stderr__):
+        try:
+            return stream.fileno()
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            continue
+    return None
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float) or hasattr(value, "item"):
+        value = float(value)
+        return "nan" if math.isnan(value) else f"{value:.4f}"
+    return str(value)
+
+
+class EpochLine(Callback):
+    """After each training epoch, write ``epoch i/n``, the recorder's values (train and valid loss,
+    the metric columns such as AP and AP50) and the epoch's seconds, outside the notebook.
+
+    Args:
+        file: a log file to append the line to, prefixed with a timestamp and ``INFO
+            fpn_lab.progress:`` as the runner's ``run.log`` lines are; ``None``: no file.
+        console: ``True``: the process's terminal (:func:`terminal_fd`, bypassing the notebook);
+            ``False``: none; or a text stream to write to.
+
+    Epochs of ``lr_find`` are not reported. When a learner fits more than once (``fine_tune``:
+    frozen, then unfrozen), lines from the second fit on start with ``fit k,``.
+    """
+
+    order = 70  # after Recorder (50), whose values for the epoch it reads, and the progress table (60)
+
+    def __init__(self, file: str | Path | None = None, console: bool | TextIO = True):
+        self.file = Path(file) if file else None
+        self.console = console
+        self.fits = 0
+
+    def before_fit(self):
+        if not self._lr_find():
+            self.fits += 1
+
+    def before_epoch(self):
+        self.t0 = time.perf_counter()
+
+    def after_epoch(self):
+        if self._lr_find():
+            return
+        line = self.line(time.perf_counter() - self.t0)
+        self._to_console(f"[fpn-lab] {line}\n")
+        if self.file is not None:
+            stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S,%f")[:-3]
+            with open(self.file, "a", encoding="utf-8") as fh:
+                fh.write(f"{stamp} INFO fpn_lab.progress: {line}\n")
+
+    def line(self, seconds: float) -> str:
+        """``epoch i/n: name value, ..., s seconds`` from the recorder's values of the last epoch."""
+        rec = self.learn.recorder
+        names = [n for n in rec.metric_names[1:] if n != "time"]
+        values = ", ".join(f"{n} {_fmt(v)}" for n, v in zip(names, rec.values[-1]))
+        fit = f"fit {self.fits}, " if self.fits > 1 else ""
+        return f"{fit}epoch {self.epoch + 1}/{self.n_epoch}: {values}, {seconds:.1f} s"
+
+    def _lr_find(self) -> bool:
+        return hasattr(self.learn, "lr_finder")
+
+    def _to_console(self, text: str) -> None:
+        if self.console is True:
+            fd = terminal_fd()
+            if fd is not None:
+                try:
+                    os.write(fd, text.encode("utf-8", "replace"))
+                except OSError:
+                    pass  # a closed terminal never stops training
+        elif self.console:
+            self.console.write(text)
+            self.console.flush()
