@@ -1,4 +1,4 @@
-"""fastai callbacks: the mmdet glue (one small callback) and the non-finite-loss guard."""
+"""fastai callbacks: the mmdet glue (one small callback), the image-weighted validation loss and the non-finite-loss guard."""
 
 from __future__ import annotations
 
@@ -7,8 +7,23 @@ from pathlib import Path
 
 import torch
 from fastai.callback.core import Callback
+from fastai.learner import AvgLoss
 
 from fpn_lab.errors import TrainingError
+
+
+class ImageAvgLoss(AvgLoss):
+    """fastai's validation-loss average, weighted by the number of images in each batch.
+
+    fastai's ``AvgLoss`` weighs each batch by ``find_bs(yb)``, which for detection targets (a
+    list of dicts) is the number of boxes in the batch's *first* image: a batch whose first
+    image is a negative would count zero times. Here the weight is ``len(xb[0])`` (images).
+    """
+
+    def accumulate(self, learn):
+        bs = len(learn.xb[0])
+        self.total += learn.to_detach(learn.loss.mean()) * bs
+        self.count += bs
 
 
 class MMDetCallback(Callback):
@@ -30,28 +45,45 @@ class MMDetCallback(Callback):
 
 
 class NonFiniteLossGuard(Callback):
-    """Stop training on a NaN or infinite loss with an error naming epoch, batch and learning rate.
+    """Stop on a NaN or infinite loss with a :class:`~fpn_lab.errors.TrainingError` that names the
+    phase (``training``, ``validation`` or ``lr_find``), the epoch as fastai's progress table
+    counts it (from 0), the batch, the learning rate and the loss terms that went non-finite (or
+    the weights / features that did, when mmdet could not compute a loss at all).
 
     fastai's own ``TerminateOnNaNCallback`` cancels the fit quietly, so a headless run would exit
-    0; this raises :class:`~fpn_lab.errors.TrainingError` instead. After every epoch whose losses
-    were all finite, the model weights are saved to ``checkpoint`` (when given), so the last good
-    state survives the failure.
+    0; this raises instead. In ``lr_find`` a non-finite loss is how the search normally ends (at
+    its highest learning rates), so it is an error there only within the first
+    :data:`LR_FIND_MIN_POINTS` iterations, before the finder could suggest anything. After every
+    epoch whose losses were all finite, the model weights are saved to ``checkpoint`` (when given),
+    so the last good state survives the failure.
     """
 
     order = 5
+    #: lr_find iterations needed before a non-finite loss counts as the search's normal end
+    #: (fastai's ``valley`` suggestion needs at least 10 points; see ``find_lr``).
+    LR_FIND_MIN_POINTS = 10
 
     def __init__(self, checkpoint: str | Path | None = None):
         self.checkpoint = Path(checkpoint) if checkpoint else None
 
     def after_loss(self):
-        if not self.training or hasattr(self.learn, "lr_finder"):
-            return  # lr_find stops on divergence by itself
         loss = float(self.learn.loss.detach())
-        if not math.isfinite(loss):
-            lr = self.opt.hypers[-1].get("lr", float("nan")) if self.opt is not None else float("nan")
-            saved = f"; the last good weights are in {self.checkpoint}" if self.checkpoint and self.checkpoint.exists() else ""
-            raise TrainingError(f"non-finite training loss {loss} at epoch {self.epoch}, batch {self.iter} "
-                                f"(learning rate {lr:.3g}){saved}. Lower the learning rate or check the data.")
+        if math.isfinite(loss):
+            return
+        in_lr_find = hasattr(self.learn, "lr_finder")
+        if in_lr_find and self.learn.train_iter >= self.LR_FIND_MIN_POINTS:
+            return  # the LR finder's normal stop at a diverging learning rate
+        phase = "lr_find" if in_lr_find else ("training" if self.training else "validation")
+        lr = self.opt.hypers[-1].get("lr", float("nan")) if self.opt is not None else float("nan")
+        pred = self.learn.pred if isinstance(self.learn.pred, dict) else {}
+        terms = {k: float(v) for k, v in pred.items() if k.startswith("loss_") and not math.isfinite(float(v))}
+        cause = pred.get("nonfinite") or (
+            "non-finite terms: " + ", ".join(f"{k}={v}" for k, v in terms.items()) if terms else "")
+        n_iter = getattr(self.learn, "n_iter", None)
+        saved = f"; the last good weights are in {self.checkpoint}" if self.checkpoint and self.checkpoint.exists() else ""
+        raise TrainingError(f"non-finite {phase} loss {loss} at epoch {self.epoch} (counted from 0, as in the progress "
+                            f"table), batch {self.iter + 1}{f'/{n_iter}' if n_iter else ''} (learning rate {lr:.3g})"
+                            f"{'; ' + cause if cause else ''}{saved}. Lower the learning rate or check the data.")
 
     def after_epoch(self):
         # lr_find's epochs end with deliberately diverged weights: never keep those as "good".

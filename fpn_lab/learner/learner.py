@@ -14,10 +14,11 @@ from fastai.learner import Learner
 from fastai.torch_core import params
 from torch import nn
 
-from fpn_lab.errors import DataError
-from fpn_lab.learner.callbacks import MMDetCallback, NonFiniteLossGuard
+from fpn_lab.errors import DataError, ParamsError
+from fpn_lab.learner.callbacks import ImageAvgLoss, MMDetCallback, NonFiniteLossGuard
 from fpn_lab.learner.metrics import coco_metrics
 from fpn_lab.learner.optim import FusedAdam, FusedSGD
+from fpn_lab.models.build import check_num_classes
 
 #: fastai's Adam / SGD arithmetic, stepped by torch's fused kernels (:mod:`fpn_lab.learner.optim`).
 OPTIMIZERS = {"adam": FusedAdam, "sgd": partial(FusedSGD, mom=0.9)}
@@ -55,6 +56,7 @@ def make_learner(dls, model, class_map, *, opt: str = "adam", wd: float = 0.01, 
     The learner gets ``learn.class_map`` and ``learn.coco`` (the metric accumulator: last
     validation's detections and full COCO result).
     """
+    check_num_classes(model, class_map, "make_learner")
     check_batch_for_batchnorm(model, dls.train.bs, _input_size(dls.train.dataset))
     cbs = list(cbs)
     if opt == "recipe":
@@ -64,11 +66,12 @@ def make_learner(dls, model, class_map, *, opt: str = "adam", wd: float = 0.01, 
     elif opt in OPTIMIZERS:
         opt_func = OPTIMIZERS[opt]
     else:
-        raise ValueError(f"opt must be one of {sorted(OPTIMIZERS) + ['recipe']}; got {opt!r}.")
+        raise ParamsError(f"opt must be one of {sorted(OPTIMIZERS) + ['recipe']}; got {opt!r}.")
     metrics = coco_metrics() if coco else []
     learn = Learner(dls, model, loss_func=detection_loss, opt_func=opt_func, wd=wd, metrics=metrics,
                     splitter=backbone_neck_head_splitter, cbs=[MMDetCallback(), NonFiniteLossGuard(checkpoint), *cbs],
                     path=Path(path) if path else Path(tempfile.mkdtemp(prefix="fpn_lab-")), **kwargs)
+    learn.recorder.loss = ImageAvgLoss()  # valid_loss weighted by images, not by the first image's boxes
     learn.class_map = class_map
     learn.coco = metrics[0].acc if metrics else None
     return learn
@@ -79,10 +82,10 @@ def find_lr(learn: Learner, num_it: int = 30, show_plot: bool = True) -> float:
     ``valley`` suggestion.
 
     Raises:
-        ValueError: ``num_it`` < 10 (fastai's valley heuristic needs at least ten points).
+        ParamsError: ``num_it`` < 10 (fastai's valley heuristic needs at least ten points).
     """
     if not isinstance(num_it, int) or num_it < 10:
-        raise ValueError(f"lr_find needs at least 10 iterations for its suggestion; got {num_it!r}. "
+        raise ParamsError(f"lr_find needs at least 10 iterations for its suggestion; got {num_it!r}. "
                          "Set lr_find_iters >= 10, or lr_find_iters = 0 with a fixed lr to skip it.")
     suggestion = float(learn.lr_find(num_it=num_it, show_plot=show_plot).valley)
     tmp_dir = Path(learn.path) / learn.model_dir

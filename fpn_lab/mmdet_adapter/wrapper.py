@@ -15,6 +15,7 @@ import logging
 import torch
 from torch import nn
 
+from fpn_lab.errors import ModelError
 from fpn_lab.mmdet_adapter.config import load_config
 from fpn_lab.mmdet_adapter.necks import level_names, neck_strides
 
@@ -175,20 +176,30 @@ class MMDetModel(nn.Module):
 
     def _loss(self, images, targets, training: bool) -> dict:
         inputs, samples = self.preprocess(images, targets, training)
-        return self._parsed_losses(lambda: self.detector.loss(inputs, samples))
+        # what mmdet's SingleStageDetector.loss does, with the features kept for the non-finite check
+        features = self.detector.extract_feat(inputs)
+        return self._parsed_losses(lambda: self.detector.bbox_head.loss(features, samples), features)
 
-    def _parsed_losses(self, compute) -> dict:
-        """``{"loss": total, <loss name>: detached value, ...}`` from ``compute()`` (mmdet's loss dict)."""
+    def _parsed_losses(self, compute, features) -> dict:
+        """``{"loss": total, <loss name>: detached value, ...}`` from ``compute()`` (mmdet's loss dict).
+
+        When the weights or the neck's ``features`` hold NaN or inf, mmdet's assigners and losses
+        fail with raw errors (``all elements of input should be between 0 and 1``) before any loss
+        exists: the result is then ``{"loss": nan, "nonfinite": <what was non-finite>}``, so that
+        fastai's LR finder stops and :class:`~fpn_lab.learner.callbacks.NonFiniteLossGuard`
+        raises a ``TrainingError`` naming the phase, epoch and batch. Any other failure is re-raised.
+        """
         try:
             raw = compute()
-        except RuntimeError:
-            # Diverged weights (e.g. lr_find's highest learning rates) make mmdet's assigners fail on
-            # NaN scores before any loss exists. Report a NaN loss so fastai's LRFinder stops and
-            # fpn_lab's NonFiniteLossGuard names the batch; any other failure is re-raised.
-            if all(torch.isfinite(p).all() for p in self.detector.parameters()):
+        except RuntimeError as e:
+            bad = [name for name, t in (*self.detector.named_parameters(),
+                                        *((f"features[{i}]", f) for i, f in enumerate(features)))
+                   if not torch.isfinite(t).all()]
+            if not bad:
                 raise
             nan = torch.full((), float("nan"), requires_grad=True)
-            return {"loss": nan}
+            return {"loss": nan, "nonfinite": f"non-finite values in {', '.join(bad[:4])}"
+                                              f"{' ...' if len(bad) > 4 else ''} (mmdet raised: {str(e).splitlines()[0]})"}
         loss, log_vars = self.detector.parse_losses(raw)
         return {"loss": loss, **{k: v.detach() for k, v in log_vars.items() if k != "loss"}}
 
@@ -206,7 +217,7 @@ class MMDetModel(nn.Module):
 
     def forward(self, images: torch.Tensor, targets):
         if targets is None or len(targets) != len(images):
-            raise ValueError(f"MMDetModel needs one target dict per image (with 'geometry'); got "
+            raise ModelError(f"MMDetModel needs one target dict per image (with 'geometry'); got "
                              f"{None if targets is None else len(targets)} for {len(images)} images. "
                              "For inference without targets use predict_images() or model.predict().")
         if self.training:
@@ -222,10 +233,12 @@ class MMDetModel(nn.Module):
             features = self.detector.extract_feat(inputs)
             _frozen_norm_train_mode(self.detector.bbox_head)
             try:
-                out = self._parsed_losses(lambda: self.detector.bbox_head.loss(features, samples))
+                out = self._parsed_losses(lambda: self.detector.bbox_head.loss(features, samples), features)
             finally:
                 self.detector.bbox_head.eval()
-            out["predictions"] = self._predict_features(features, samples)
+            # a non-finite loss means non-finite outputs, on which mmdet's post-processing fails:
+            # no predictions then (NonFiniteLossGuard stops the run on this batch)
+            out["predictions"] = self._predict_features(features, samples) if torch.isfinite(out["loss"]) else []
         return out
 
 
