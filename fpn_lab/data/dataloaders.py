@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 
 import numpy as np
@@ -76,17 +77,50 @@ def _retain(res, b):
     return res
 
 
+class DetectionDataLoader(DataLoader):
+    """fastai's ``DataLoader`` with seeded augmentation.
+
+    The shuffle order comes from the loader's own ``random.Random`` (fastai's ``rng``, seeded
+    from ``seed`` or else from Python's ``random``). At the start of every epoch (``before_iter``,
+    in the main process) the dataset's :class:`~fpn_lab.data.transforms.Augment` is re-seeded
+    from that same generator, and in each worker process (``wif``) from torch's per-worker seed
+    (itself drawn from torch's generator), so one seed gives the same augmented batches, epoch
+    after epoch, whatever ran before (``show_samples``, ``lr_find``).
+    """
+
+    def before_iter(self):
+        super().before_iter()
+        tfms = getattr(self.dataset, "tfms", None)
+        if isinstance(tfms, Augment):
+            tfms.reseed(self.rng.getrandbits(32))
+
+    def wif(self):
+        from torch.utils.data import get_worker_info
+
+        tfms = getattr(self.dataset, "tfms", None)
+        info = get_worker_info()
+        if isinstance(tfms, Augment) and info is not None:
+            tfms.reseed(info.seed)
+
+
 def make_dataloader(dataset: Dataset, batch_size: int, *, shuffle: bool, drop_last: bool, num_workers: int = 0,
                     seed: int | None = None) -> DataLoader:
-    """A fastai ``DataLoader`` over ``dataset`` with :func:`collate`."""
-    return DataLoader(dataset, bs=batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=num_workers,
-                      create_batch=collate, retain=_retain, persistent_workers=num_workers > 0)
+    """A :class:`DetectionDataLoader` over ``dataset`` with :func:`collate`; ``seed`` fixes its
+    shuffle order and augmentation (default: drawn from Python's ``random``)."""
+    dl = DetectionDataLoader(dataset, bs=batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=num_workers,
+                             create_batch=collate, retain=_retain, persistent_workers=num_workers > 0)
+    if seed is not None:
+        dl.rng = random.Random(seed)
+    return dl
 
 
 def make_dataloaders(train_ds: Dataset, valid_ds: Dataset, batch_size: int, *, num_workers: int = 0,
-                     valid_batch_size: int | None = None, device: str | torch.device = "cpu") -> DataLoaders:
+                     valid_batch_size: int | None = None, device: str | torch.device = "cpu",
+                     seed: int | None = None) -> DataLoaders:
     """fastai ``DataLoaders``: training shuffles and drops the incomplete last batch (a batch of
-    one image breaks BatchNorm); validation keeps every image.
+    one image breaks BatchNorm); validation keeps every image. ``seed`` fixes the training
+    loader's shuffle order and augmentation (see :class:`DetectionDataLoader`); without it they
+    follow Python's ``random`` (seeded by ``set_seed``).
 
     Raises:
         DataError: ``batch_size`` larger than the training set, or not a positive int.
@@ -96,7 +130,7 @@ def make_dataloaders(train_ds: Dataset, valid_ds: Dataset, batch_size: int, *, n
     if batch_size > len(train_ds):
         raise DataError(f"batch_size {batch_size} is larger than the training set ({len(train_ds)} images); "
                         f"with the last incomplete batch dropped no batch would be left. Use batch_size <= {len(train_ds)}.")
-    train = make_dataloader(train_ds, batch_size, shuffle=True, drop_last=True, num_workers=num_workers)
+    train = make_dataloader(train_ds, batch_size, shuffle=True, drop_last=True, num_workers=num_workers, seed=seed)
     valid = make_dataloader(valid_ds, valid_batch_size or batch_size, shuffle=False, drop_last=False,
                             num_workers=num_workers)
     dls = DataLoaders(train, valid, device=torch.device(device))

@@ -10,6 +10,7 @@ exactly (:meth:`Geometry.to_original`).
 from __future__ import annotations
 
 import os
+import random
 from dataclasses import dataclass
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations checks PyPI at import otherwise
@@ -136,10 +137,20 @@ class Augment:
 
     Boxes follow every geometric step (albumentations ``BboxParams`` in ``pascal_voc`` = xyxy
     pixels); boxes less than 30 % visible after a crop or shift are dropped.
+
+    Randomness: albumentations 2 draws from the ``Compose``'s own generators, which neither
+    ``random.seed`` nor ``numpy.random.seed`` reach. :func:`aug_tfms` seeds them from Python's
+    ``random`` (so ``set_seed`` before it makes the first draws repeatable) and the training
+    loader re-seeds them at the start of every epoch and in every worker (:meth:`reseed`,
+    :class:`~fpn_lab.data.dataloaders.DetectionDataLoader`).
     """
 
     def __init__(self, pipeline: A.Compose, letterbox: Letterbox):
         self.pipeline, self.letterbox = pipeline, letterbox
+
+    def reseed(self, seed: int) -> None:
+        """Seed every random draw of the albumentations pipeline (``Compose.set_random_seed``)."""
+        self.pipeline.set_random_seed(int(seed) % 2**32)
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray):
         out = self.pipeline(image=image, bboxes=np.asarray(boxes, np.float32).reshape(-1, 4), labels=np.asarray(labels))
@@ -178,4 +189,4 @@ def aug_tfms(size: int, presize: int | None = None, *, pad_value=(114, 114, 114)
     if color:
         steps.append(A.HueSaturationValue(hue_shift_limit=5, sat_shift_limit=30, val_shift_limit=30, p=1.0))
     bbox_params = A.BboxParams(format="pascal_voc", label_fields=["labels"], min_visibility=0.3, min_area=4.0)
-    return Augment(A.Compose(steps, bbox_params=bbox_params), Letterbox(size, pad_value))
+    return Augment(A.Compose(steps, bbox_params=bbox_params, seed=random.getrandbits(32)), Letterbox(size, pad_value))

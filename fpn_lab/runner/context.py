@@ -103,7 +103,13 @@ def _json_safe(obj):
 
 
 def set_seed(seed: int) -> None:
-    """Seed Python, numpy and torch (CPU and CUDA)."""
+    """Seed Python, numpy and torch (CPU and CUDA).
+
+    albumentations 2 has generators of its own: :func:`~fpn_lab.data.transforms.aug_tfms` seeds
+    them from Python's ``random`` (so call this first) and the training loader re-seeds them every
+    epoch and in every worker (:class:`~fpn_lab.data.dataloaders.DetectionDataLoader`). Results
+    repeat exactly on one thread; multi-threaded CPU kernels may still differ in the last digits.
+    """
     import torch
 
     random.seed(seed)
