@@ -84,3 +84,87 @@ def test_r01_detections_on_a_negative_image_are_false_positives_only():
     fp = detections_to_coco(neg.image_id, np.array([[1, 1, 20, 20]]), np.array([0.95]), np.array([0]), parser.class_map)
     res = coco_evaluate(records, hit + fp, parser.class_map.names)
     assert res["AP"] < 1.0 and res["AR100"] == pytest.approx(1.0)  # precision drops, recall does not
+
+
+def _pycocotools_stats(annotation_file, detections) -> list[float]:
+    """COCOeval run by hand on the user's own file, as anyone scoring predictions.json would."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(annotation_file))
+        ev = COCOeval(gt, gt.loadRes(json.loads(json.dumps(detections))), iouType="bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return list(ev.stats)
+
+
+def _coco_set_with_source_ids(tmp_path):
+    """The fridge images as a COCO file with category ids 12, 0, 7, 3 (gapped, out of order) and string image ids."""
+    from fpn_lab.data.parsers import VOCBBoxParser
+    from conftest import DATA
+
+    voc = VOCBBoxParser(DATA / "fridge" / "annotations", DATA / "fridge" / "images")
+    records = voc.parse()
+    ids = dict(zip(voc.class_map.names, (12, 0, 7, 3)))
+    images, anns = [], []
+    for r in records:
+        image_id = f"fridge/{r.filepath.stem}"
+        images.append({"id": image_id, "file_name": r.filepath.name, "width": r.width, "height": r.height})
+        for b, label in zip(r.boxes.tolist(), r.labels.tolist()):
+            w, h = b[2] - b[0], b[3] - b[1]
+            anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": ids[voc.class_map.name(label)],
+                         "bbox": [b[0], b[1], w, h], "area": w * h, "iscrowd": 0})
+    cats = [{"id": i, "name": n} for n, i in ids.items()]
+    path = tmp_path / "annotations.json"
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    return path, DATA / "fridge" / "images"
+
+
+def test_predictions_score_the_same_against_the_users_own_file(tmp_path):
+    path, images = _coco_set_with_source_ids(tmp_path)
+    parser = COCOBBoxParser(path, images)
+    records = parser.parse()
+    assert sorted(parser.class_map.category_ids) == [0, 3, 7, 12]
+    rng = np.random.default_rng(0)
+    dets = []
+    for r in records:  # imperfect detections: jittered boxes, random scores, one false positive per image
+        boxes = r.boxes + rng.normal(0, 6, r.boxes.shape).astype(np.float32)
+        boxes = np.concatenate([boxes, [[1, 1, 30, 30]]])
+        labels = np.concatenate([r.labels, [0]])
+        dets += detections_to_coco(r.image_id, boxes, rng.uniform(0.1, 1, len(boxes)), labels, parser.class_map)
+    assert {d["image_id"] for d in dets} == {im["id"] for im in json.loads(path.read_text())["images"]}
+    assert {d["category_id"] for d in dets} <= {0, 3, 7, 12}
+    ours = coco_evaluate(records, dets, parser.class_map)
+    theirs = _pycocotools_stats(path, dets)
+    assert 0.05 < ours["AP"] < 0.95
+    assert [ours[k] for k in ("AP", "AP50", "AP75")] == pytest.approx(theirs[:3], abs=1e-12)
+
+
+def test_r09_category_ids_from_zero_out_of_order_map_back():
+    case = CASES / "R09"
+    parser = COCOBBoxParser(case / "annotations.json", case / "images")
+    (rec,) = parser.parse()
+    assert parser.class_map.names == ["apple", "mango", "zebra"] and parser.class_map.category_ids == [0, 3, 7]
+    dets = detections_to_coco(rec.image_id, rec.boxes, np.full(len(rec.boxes), 0.99), rec.labels, parser.class_map)
+    key = lambda d: d["category_id"]  # noqa: E731
+    perfect = json.loads((case / "predictions_perfect.json").read_text())
+    assert [(d["image_id"], d["category_id"], d["bbox"]) for d in sorted(dets, key=key)] == \
+           [(d["image_id"], d["category_id"], d["bbox"]) for d in sorted(perfect, key=key)]
+    assert coco_evaluate([rec], dets, parser.class_map)["AP"] == pytest.approx(1.0)
+    assert _pycocotools_stats(case / "annotations.json", dets)[0] == pytest.approx(1.0)
+
+
+def test_r12_string_image_ids_stay_strings():
+    case = CASES / "R12"
+    parser = COCOBBoxParser(case / "annotations_string_ids.json", case / "images")
+    records = parser.parse()
+    dets = [d for r in records for d in detections_to_coco(r.image_id, r.boxes, np.ones(len(r.boxes)), r.labels,
+                                                            parser.class_map)]
+    assert {d["image_id"] for d in dets} == {"img_a", "2"}
+    assert coco_evaluate(records, dets, parser.class_map)["AP"] == pytest.approx(1.0)
+    assert _pycocotools_stats(case / "annotations_string_ids.json", dets)[0] == pytest.approx(1.0)
