@@ -36,3 +36,37 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+@pytest.fixture(scope="session")
+def coco_fridge(tmp_path_factory):
+    """A small COCO set made from data/fridge: ``<dir>/annotations.json`` + ``<dir>/images/*.jpg``.
+
+    The 6 fridge images and their 12 VOC boxes (4 classes), written the awkward ways real COCO
+    files are: category ids with gaps and listed out of id order (carton 0, can 3, milk_bottle 7,
+    water_bottle 12, so labels 0-3 are carton, can, milk_bottle, water_bottle), string image ids
+    (``"fridge-10"`` ... ``"fridge-15"``), ``15.jpg`` without annotations (a negative) and the
+    first box of ``14.jpg`` marked ``iscrowd=1``. Random split with seed 42: 5 train, 1 valid
+    (``10.jpg``). Session-scoped: copy it before changing anything in it.
+    """
+    import json
+    import shutil
+    import xml.etree.ElementTree as ET
+
+    out = tmp_path_factory.mktemp("coco_fridge")
+    shutil.copytree(DATA / "fridge" / "images", out / "images")
+    cat_ids = {"carton": 0, "can": 3, "milk_bottle": 7, "water_bottle": 12}
+    images, anns = [], []
+    for xml in sorted((DATA / "fridge" / "annotations").glob("*.xml")):
+        root = ET.parse(xml).getroot()
+        image_id = f"fridge-{xml.stem}"
+        images.append({"id": image_id, "file_name": root.findtext("filename"),
+                       "width": int(root.findtext("size/width")), "height": int(root.findtext("size/height"))})
+        for k, obj in enumerate(root.iter("object") if xml.stem != "15" else []):
+            x1, y1, x2, y2 = (float(obj.findtext(f"bndbox/{t}")) for t in ("xmin", "ymin", "xmax", "ymax"))
+            anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": cat_ids[obj.findtext("name")],
+                         "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
+                         "iscrowd": int(xml.stem == "14" and k == 0)})
+    categories = [{"id": i, "name": n} for n, i in sorted(cat_ids.items(), key=lambda kv: -kv[1])]
+    (out / "annotations.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": categories}))
+    return out

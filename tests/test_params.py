@@ -107,3 +107,30 @@ def test_more_values_fail_before_any_kernel(params, match):
 def test_unknown_optimizer_fails_before_any_kernel():
     with pytest.raises(ParamsError, match="opt: 'adamw' is not one of"):
         validate_params({"opt": "adamw"}, NB)
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"data_format": "yolo"}, "data_format: 'yolo' is not one of"),
+    ({"split": "test"}, r"split: 'test' is not one of \['published', 'random', 'file'\]"),
+    ({"split": "file"}, "split: 'file' needs valid_annotations"),
+    ({"valid_annotations": "data/bccd/ImageSets/Main/test.txt"}, r"only read with split 'file' \(split is 'published'\)"),
+    ({"split": "random", "valid_annotations": "data/bccd/ImageSets/Main/test.txt"}, "add split: file"),
+    ({"split": "file", "valid_annotations": "nope.txt"}, "valid_annotations: 'nope.txt' is not a file"),
+    ({"data_dir": "data/fridge"}, r"data_dir: .*no published split.*split='random'"),
+    ({"data_dir": "data/bccd", "data_format": "coco"}, r"data_dir: .*no recognised COCO json file"),
+])
+def test_dataset_params_fail_before_any_kernel(params, match):
+    with pytest.raises(ParamsError, match=match):
+        validate_params(params, NB)
+
+
+def test_dataset_params_that_fit_the_folder_validate(coco_fridge, tmp_path):
+    voc = {"data_dir": "data/fridge", "split": "file", "valid_annotations": "data/bccd/ImageSets/Main/test.txt"}
+    assert validate_params(voc, NB)[0] == voc  # any text file passes here; its ids are checked when parsed
+    assert validate_params({"data_dir": str(coco_fridge), "split": "random"}, NB)[0]["split"] == "random"
+    held_out = tmp_path / "val.json"
+    held_out.write_text("{}")
+    params = {"data_dir": str(coco_fridge), "data_format": "coco", "split": "file", "valid_annotations": str(held_out)}
+    assert validate_params(params, NB)[0] == params
+    with pytest.raises(ParamsError, match=r"annotations.json \(the whole set\): no published split"):
+        validate_params({"data_dir": str(coco_fridge)}, NB)

@@ -163,7 +163,11 @@ def validate_params(params: dict, notebook: str | Path, spec: dict | None = None
 def _check_values(params: dict) -> None:
     """Values that would fail in the first cells fail here, before a kernel starts and before a
     run folder exists: an unknown ``selection``, an ``image_size`` that is not a multiple of 32,
-    a ``data_dir`` that does not exist."""
+    a ``data_dir`` that does not exist, a bad ``data_format`` / ``split`` / ``valid_annotations``
+    (``split`` absent counts as the notebooks' default ``"published"``), and a ``data_dir``
+    whose layout does not fit them (:func:`~fpn_lab.data.datasets.find_layout`: file names only,
+    nothing parsed)."""
+    from fpn_lab.data.datasets import FORMATS, SPLITS, find_layout
     from fpn_lab.data.transforms import Letterbox
     from fpn_lab.errors import FpnLabError
     from fpn_lab.models.registry import get_preset
@@ -193,6 +197,29 @@ def _check_values(params: dict) -> None:
     if isinstance(data_dir, str) and data_dir and not project_path(data_dir).is_dir():
         raise ParamsError(f"data_dir: {data_dir!r} is not a folder (looked in {project_path(data_dir)}); relative "
                           "paths are resolved against the project root.")
+    # the dataset: choices, then (when data_dir is given) its layout by file names, as open_dataset reads it;
+    # an absent split is the notebooks' default "published"
+    fmt, split = params.get("data_format") or "", params.get("split", "published")
+    valid = params.get("valid_annotations")
+    if fmt not in ("", *FORMATS):
+        raise ParamsError(f"data_format: {fmt!r} is not one of {['', *FORMATS]} ('' detects it from data_dir).")
+    if split not in SPLITS:
+        raise ParamsError(f"split: {split!r} is not one of {list(SPLITS)}.")
+    if split == "file" and not valid:
+        raise ParamsError("split: 'file' needs valid_annotations (a COCO json of the validation images, or for VOC a "
+                          "text file of image ids, one per line).")
+    if valid and split != "file":
+        raise ParamsError(f"valid_annotations: {valid!r} is only read with split 'file' (split is {split!r}); "
+                          "add split: file, or drop valid_annotations.")
+    if valid and not project_path(valid).is_file():
+        raise ParamsError(f"valid_annotations: {valid!r} is not a file (looked in {project_path(valid)}); relative "
+                          "paths are resolved against the project root.")
+    if isinstance(data_dir, str) and data_dir:
+        try:
+            find_layout(project_path(data_dir), data_format=fmt, split=split,
+                        valid_annotations=project_path(valid) if valid else "")
+        except FpnLabError as e:
+            raise ParamsError(f"data_dir: {e}") from None
 
 
 def parse_set(items) -> dict:
