@@ -7,13 +7,16 @@ from fpn_lab.checkpoint import check_reload, load_checkpoint, save_checkpoint
 from fpn_lab.core.class_map import ClassMap
 from fpn_lab.core.records import Record
 from fpn_lab.data.dataloaders import Dataset, make_dataloaders
+from fpn_lab.data.datasets import open_dataset
 from fpn_lab.data.images import load_image
 from fpn_lab.data.parsers import COCOBBoxParser, VOCBBoxParser
 from fpn_lab.data.splits import FixedSplitter, RandomSplitter, VOCImageSetSplitter
 from fpn_lab.data.transforms import aug_tfms, resize_and_pad
+from fpn_lab.errors import DataError, ModelError, ParamsError, TrainingError
 from fpn_lab.evaluation import evaluate, history, predict_dataset
 from fpn_lab.inference import predict_images
 from fpn_lab.learner.learner import find_lr, make_learner
+from fpn_lab.metrics.coco import records_to_coco
 from fpn_lab.models.build import build_model, count_parameters
 from fpn_lab.models.catalogue import selection_table
 from fpn_lab.models.registry import get_preset, list_models
@@ -24,10 +27,11 @@ from fpn_lab.viz.draw import (
 from fpn_lab.viz.picker import ModelPicker
 
 __all__ = [
-    "COCOBBoxParser", "ClassMap", "Dataset", "FixedSplitter", "ModelPicker", "RandomSplitter", "Record", "Run",
-    "VOCBBoxParser", "VOCImageSetSplitter", "aug_tfms", "build_model", "check_reload", "count_parameters",
-    "display_path", "evaluate", "find_lr", "get_preset", "history", "list_models", "load_checkpoint", "load_image",
-    "make_dataloaders", "make_learner", "plot_metrics", "predict_dataset", "predict_images", "project_path",
+    "COCOBBoxParser", "ClassMap", "DataError", "Dataset", "FixedSplitter", "ModelError", "ModelPicker",
+    "ParamsError", "RandomSplitter", "Record", "Run", "TrainingError", "VOCBBoxParser", "VOCImageSetSplitter",
+    "aug_tfms", "build_model", "check_reload", "count_parameters", "display_path", "evaluate", "find_lr",
+    "get_preset", "history", "list_models", "load_checkpoint", "load_image", "make_dataloaders", "make_learner",
+    "open_dataset", "plot_metrics", "predict_dataset", "predict_images", "project_path", "records_to_coco",
     "resize_and_pad", "save_checkpoint", "selection_table", "set_seed", "show_batch", "show_fpn_features",
     "show_predictions", "show_results", "show_samples", "write_json_atomic",
 ]

@@ -146,3 +146,21 @@ def test_dead_kernel_is_reported_as_such(tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert not ok and metrics["status"] == "failed" and metrics["error"]["ename"] == "DeadKernelError"
     assert "the kernel died" in metrics["error"]["evalue"]
+
+
+def test_notebook_trains_on_a_coco_folder_and_writes_source_ids(tmp_path, coco_fridge):
+    run_dir, ok = run_notebook(ROOT / "params" / "smoke.yaml", runs_dir=tmp_path, echo=False,
+                               overrides={"data_dir": str(coco_fridge), "data_format": "", "split": "random"})
+    assert ok, (run_dir / "run.log").read_text()[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    dataset = metrics["dataset"]
+    assert dataset["format"] == "coco" and dataset["split"] == {"name": "random", "train": 5, "valid": 1}
+    assert dict(zip(dataset["class_names"], dataset["category_ids"])) == {
+        "carton": 0, "can": 3, "milk_bottle": 7, "water_bottle": 12}
+    assert dataset["parse"]["crowd"] == 1 and dataset["parse"]["negatives"] == 1
+    source = json.loads((coco_fridge / "annotations.json").read_text())
+    gt = json.loads((run_dir / "ground_truth.json").read_text())
+    assert [im["id"] for im in gt["images"]] == ["fridge-10"]  # the source's string id, not a position
+    assert {c["id"] for c in gt["categories"]} == {c["id"] for c in source["categories"]}
+    preds = json.loads((run_dir / "predictions.json").read_text())
+    assert {p["image_id"] for p in preds} <= {"fridge-10"} and {p["category_id"] for p in preds} <= {0, 3, 7, 12}

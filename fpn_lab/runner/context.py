@@ -5,8 +5,11 @@
 * ``status``: ``"ok"`` (written by the notebook's last cell) or ``"failed"`` (written by the
   runner, with ``error``: failing cell index, exception name and message).
 * ``preset``, ``params`` (every notebook parameter after validation), ``seed``.
-* ``dataset``: ``data_dir``, ``class_names``, ``split`` sizes, ``parse`` (the parser's
-  :class:`~fpn_lab.data.parsers.ParseReport`: kept, clipped, dropped boxes by reason).
+* ``dataset``: ``data_dir``, ``format`` (``voc`` / ``coco``), ``class_names`` and their
+  ``category_ids`` (the ids ``predictions.json`` uses), ``split`` (``name``, ``train`` and
+  ``valid`` sizes), ``sources`` (the annotation files), ``parse`` (the parser's
+  :class:`~fpn_lab.data.parsers.ParseReport`: kept, clipped, dropped boxes by reason) and, with
+  two COCO files, ``parse_by_source`` (:meth:`~fpn_lab.data.datasets.DatasetSplit.as_dict`).
 * ``model``: ``params`` (parameter count), ``neck``, ``levels``.
 * ``metrics``: the 12 COCO box stats (``AP`` = AP@[.5:.95], ``AP50``, ``AP75``, ``AP_small`` ...,
   ``AR100`` ...) as fractions, ``per_class_AP``, ``message``; evaluated with pycocotools on
