@@ -109,3 +109,23 @@ def test_a_too_high_learning_rate_stops_at_the_first_non_finite_loss(tmp_path):
     good = tmp_path / "last_good.pth"
     if good.exists():  # only ever weights of an epoch whose losses were all finite
         assert all(torch.isfinite(v).all() for v in torch.load(good).values() if v.is_floating_point())
+
+
+def test_user_mistakes_raise_the_projects_error_classes(fridge):
+    from fpn_lab.errors import DataError, ParamsError
+    from fpn_lab.learner.learner import find_lr
+    from fpn_lab.metrics.coco import coco_evaluate, detections_to_coco
+
+    class_map, records = fridge
+    ds = Dataset(records[:4], resize_and_pad(64))
+    model = build_model(PRESET, num_classes=len(class_map))
+    with pytest.raises(ParamsError, match=r"opt must be one of \['adam', 'sgd', 'recipe'\]; got 'adamw'"):
+        make_learner(make_dataloaders(ds, ds, 2), model, class_map, opt="adamw")
+    learn = make_learner(make_dataloaders(ds, ds, 2), model, class_map)
+    with pytest.raises(ParamsError, match="lr_find needs at least 10 iterations for its suggestion; got 5"):
+        find_lr(learn, 5)
+    with pytest.raises(ModelError, match="needs one target dict per image"):
+        model(torch.zeros(1, 3, 64, 64, dtype=torch.uint8), None)
+    dets = detections_to_coco(999, records[0].boxes, [0.9] * records[0].num_boxes, records[0].labels, class_map)
+    with pytest.raises(DataError, match=r"image ids that are not in the ground truth: \[999\]"):
+        coco_evaluate(records[:2], dets, class_map)
