@@ -94,7 +94,7 @@ def test_nan_loss_stops_with_our_error_and_keeps_the_last_good_checkpoint(fridge
     assert ckpt.exists()
     with torch.no_grad():
         next(model.parameters()).fill_(float("nan"))
-    with pytest.raises(TrainingError, match=r"non-finite training loss nan at epoch 0 \(counted from 0.*batch 1/\d+ \(learning rate"), learn.no_bar(), learn.no_logging():
+    with pytest.raises(TrainingError, match=r"non-finite training loss nan at epoch 1/1 \(row 0 .*batch 1/\d+ \(learning rate"), learn.no_bar(), learn.no_logging():
         learn.fit(1, 1e-4)
     assert torch.load(ckpt)  # the last good weights survive
 

@@ -46,8 +46,9 @@ class MMDetCallback(Callback):
 
 class NonFiniteLossGuard(Callback):
     """Stop on a NaN or infinite loss with a :class:`~fpn_lab.errors.TrainingError` that names the
-    phase (``training``, ``validation`` or ``lr_find``), the epoch as fastai's progress table
-    counts it (from 0), the batch, the learning rate and the loss terms that went non-finite (or
+    phase (``training``, ``validation`` or ``lr_find``), the epoch (``3/7``, as the per-epoch lines
+    count, and its row in fastai's progress table, which counts from 0), the batch, the learning
+    rate and the loss terms that went non-finite (or
     the weights / features that did, when mmdet could not compute a loss at all).
 
     fastai's own ``TerminateOnNaNCallback`` cancels the fit quietly, so a headless run would exit
@@ -81,8 +82,9 @@ class NonFiniteLossGuard(Callback):
             "non-finite terms: " + ", ".join(f"{k}={v}" for k, v in terms.items()) if terms else "")
         n_iter = getattr(self.learn, "n_iter", None)
         saved = f"; the last good weights are in {self.checkpoint}" if self.checkpoint and self.checkpoint.exists() else ""
-        raise TrainingError(f"non-finite {phase} loss {loss} at epoch {self.epoch} (counted from 0, as in the progress "
-                            f"table), batch {self.iter + 1}{f'/{n_iter}' if n_iter else ''} (learning rate {lr:.3g})"
+        raise TrainingError(f"non-finite {phase} loss {loss} at epoch {self.epoch + 1}/{self.n_epoch} (row {self.epoch} of "
+                            f"the progress table, which counts from 0), batch {self.iter + 1}"
+                            f"{f'/{n_iter}' if n_iter else ''} (learning rate {lr:.3g})"
                             f"{'; ' + cause if cause else ''}{saved}. Lower the learning rate or check the data.")
 
     def after_epoch(self):
