@@ -202,10 +202,10 @@ def _touch(path: Path, text: str = "{}") -> None:
     (["train.json"], {}, r"train.json with no validation file: no published split"),
     (["annotations.json", "val.json"], {}, r"whole set.*split='file' with valid_annotations='.*val.json'"),
     (["annotations/a.xml"], {"split": "random"}, r"no images/ \(or JPEGImages/\) folder"),
-    ([], {"data_format": "yolo"}, "data_format 'yolo' is not one of"),
-    ([], {"split": "test"}, r"split 'test' is not one of \['published', 'random', 'file'\]"),
-    ([], {"split": "file"}, "split 'file' needs valid_annotations"),
-    ([], {"split": "random", "valid_annotations": "v.json"}, "only read with split='file'; got split='random'"),
+    ([], {"data_format": "yolo"}, "data_format: 'yolo' is not one of"),
+    ([], {"split": "test"}, r"split: 'test' is not one of \['published', 'random', 'file'\]"),
+    ([], {"split": "file"}, "split: 'file' needs valid_annotations"),
+    ([], {"split": "random", "valid_annotations": "v.json"}, r"only read with split 'file' \(split is 'random'\)"),
     ([], {"split": "file", "valid_annotations": "/nope/v.json"}, "valid_annotations /nope/v.json is not a file"),
 ])
 def test_layout_errors_say_what_was_found_and_how_to_fix_it(tmp_path, files, kwargs, match):

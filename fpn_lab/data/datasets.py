@@ -64,17 +64,23 @@ class Layout:
     notes: tuple[str, ...] = ()
 
 
-def _check_choices(data_format: str, split: str, valid_annotations) -> None:
+def check_choices(data_format: str, split: str, valid_annotations) -> None:
+    """Check ``data_format``, ``split`` and ``valid_annotations`` against each other (no file is read).
+
+    Raises:
+        DataError: an unknown format or split, split ``file`` without ``valid_annotations``, or
+            ``valid_annotations`` with another split.
+    """
     if data_format not in ("", *FORMATS):
-        raise DataError(f"data_format {data_format!r} is not one of 'voc', 'coco' or '' (detect from the folder).")
+        raise DataError(f"data_format: {data_format!r} is not one of {['', *FORMATS]} ('' detects it from data_dir).")
     if split not in SPLITS:
-        raise DataError(f"split {split!r} is not one of {list(SPLITS)}.")
+        raise DataError(f"split: {split!r} is not one of {list(SPLITS)}.")
     if split == "file" and not valid_annotations:
-        raise DataError("split 'file' needs valid_annotations: a COCO json of the validation images, or for VOC a "
-                        "text file of image ids, one per line.")
+        raise DataError("split: 'file' needs valid_annotations (a COCO json of the validation images, or for VOC a "
+                        "text file of image ids, one per line).")
     if valid_annotations and split != "file":
-        raise DataError(f"valid_annotations ({valid_annotations}) is only read with split='file'; got split={split!r}. "
-                        "Set split='file', or drop valid_annotations.")
+        raise DataError(f"valid_annotations: {str(valid_annotations)!r} is only read with split 'file' (split is "
+                        f"{split!r}); add split: file, or drop valid_annotations.")
 
 
 def _voc_annotations(data_dir: Path) -> Path | None:
@@ -237,7 +243,7 @@ def find_layout(data_dir: str | Path, *, data_format: str = "", split: str = "pu
         DataError: a bad choice, a missing folder or file, an ambiguous or unrecognised layout, or a
             split the dataset does not have; the message says what was found and how to fix it.
     """
-    _check_choices(data_format, split, valid_annotations)
+    check_choices(data_format, split, valid_annotations)
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DataError(f"data_dir {data_dir} is not a folder.")

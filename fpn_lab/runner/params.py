@@ -167,7 +167,7 @@ def _check_values(params: dict) -> None:
     (``split`` absent counts as the notebooks' default ``"published"``), and a ``data_dir``
     whose layout does not fit them (:func:`~fpn_lab.data.datasets.find_layout`: file names only,
     nothing parsed)."""
-    from fpn_lab.data.datasets import FORMATS, SPLITS, find_layout
+    from fpn_lab.data.datasets import check_choices, find_layout
     from fpn_lab.data.transforms import Letterbox
     from fpn_lab.errors import FpnLabError
     from fpn_lab.models.registry import get_preset
@@ -201,16 +201,10 @@ def _check_values(params: dict) -> None:
     # an absent split is the notebooks' default "published"
     fmt, split = params.get("data_format") or "", params.get("split", "published")
     valid = params.get("valid_annotations")
-    if fmt not in ("", *FORMATS):
-        raise ParamsError(f"data_format: {fmt!r} is not one of {['', *FORMATS]} ('' detects it from data_dir).")
-    if split not in SPLITS:
-        raise ParamsError(f"split: {split!r} is not one of {list(SPLITS)}.")
-    if split == "file" and not valid:
-        raise ParamsError("split: 'file' needs valid_annotations (a COCO json of the validation images, or for VOC a "
-                          "text file of image ids, one per line).")
-    if valid and split != "file":
-        raise ParamsError(f"valid_annotations: {valid!r} is only read with split 'file' (split is {split!r}); "
-                          "add split: file, or drop valid_annotations.")
+    try:
+        check_choices(fmt, split, valid)
+    except FpnLabError as e:
+        raise ParamsError(str(e)) from None
     if valid and not project_path(valid).is_file():
         raise ParamsError(f"valid_annotations: {valid!r} is not a file (looked in {project_path(valid)}); relative "
                           "paths are resolved against the project root.")
