@@ -159,3 +159,30 @@ def test_load_checkpoint_has_no_remap_argument(fridge, trained, tmp_path):
     path = save_checkpoint(tmp_path / "m.pth", trained, class_map, image_size=64)
     with pytest.raises(TypeError):
         load_checkpoint(path, class_map=class_map, remap={"milk_bottle": "carton"})
+
+
+def test_r18_class_maps_at_save_reordered_and_extra(trained, tmp_path, caplog):
+    """The case's maps are mmdet 2 style with "background" at index 0; fpn_lab's class maps have no
+    background class, so it is dropped before use."""
+    import json
+
+    from conftest import CASES
+
+    def names(file):
+        return [n for n in json.loads((CASES / "R18" / file).read_text())["classes"] if n != "background"]
+
+    at_save, reordered, extra = names("class_map_at_save.json"), names("class_map_reordered.json"), names(
+        "class_map_extra_class.json")
+    model = build_model(PRESET, num_classes=len(at_save))
+    model.load_state_dict({k: v for k, v in trained.state_dict().items() if "conv_cls" not in k}, strict=False)
+    path = save_checkpoint(tmp_path / "m.pth", model, ClassMap(at_save), image_size=64)
+    assert torch.load(path)["class_names"] == at_save  # the checkpoint stores its class map
+    with pytest.raises(ModelError, match=r"\['cat', 'dog'\] but \['dog', 'cat'\] were expected \(the same names"):
+        load_checkpoint(path, class_map=reordered)
+    with pytest.raises(ModelError, match="same classes in another order"):
+        build_model(PRESET, num_classes=2, weights=path, class_names=reordered)
+    with pytest.raises(ModelError, match=r"\['cat', 'dog'\] but \['cat', 'dog', 'bird'\] were expected"):
+        load_checkpoint(path, class_map=extra)
+    with caplog.at_level(logging.WARNING, logger="fpn_lab.models"):  # the one exception: a requested fine-tune
+        tuned = build_model(PRESET, num_classes=3, weights=path, class_names=extra)
+    assert "multi_level_conv_cls.0.weight" in caplog.text and len(tuned.skipped_weights) == 6

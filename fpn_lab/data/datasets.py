@@ -321,8 +321,17 @@ class DatasetSplit:
         return out
 
     def __str__(self) -> str:
+        return self.summary()
+
+    def summary(self, path: Callable[[Path], str] | None = None) -> str:
+        """What was read: format, folder, split and sources, the parse report(s), classes and sizes.
+
+        Args:
+            path: writes ``data_dir`` (the notebook passes ``display_path``, so reports carry no
+                machine paths); default: as given.
+        """
         how = f"{self.split} split" + (f" (seed {self.seed})" if self.seed is not None else "")
-        lines = [f"{self.data_format.upper()} dataset {self.data_dir}, {how}; "
+        lines = [f"{self.data_format.upper()} dataset {path(self.data_dir) if path else self.data_dir}, {how}; "
                  + ", ".join(f"{role}: {_rel(p, self.data_dir)}" for role, p in self.sources.items())]
         lines += [f"{role}: {rep}" if len(self.reports) > 1 else str(rep) for role, rep in self.reports.items()]
         lines += [f"note: {n}" for n in self.notes]
