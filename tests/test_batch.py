@@ -85,7 +85,8 @@ def test_parallel_runs_each_read_their_own_folder(tmp_path, monkeypatch):
     files = []
     for name, size, seed in (("a", 64, 1), ("b", 96, 2)):
         files.append(tmp_path / f"{name}.yaml")
-        files[-1].write_text(f"selection: yolox_tiny_pafpn_300e\ndata_dir: data/fridge\nimage_size: {size}\nseed: {seed}\n")
+        files[-1].write_text(f"selection: yolox_tiny_pafpn_300e\ndata_dir: data/fridge\nsplit: random\nimage_size: {size}\n"
+                             f"seed: {seed}\n")
     monkeypatch.setattr(batch_module.subprocess, "run", _fake_run(threading.Barrier(2, timeout=60)))
     batch_dir, code = batch_module.run_batch(files, jobs=2, name="par", runs_dir=tmp_path / "runs", echo=False)
     rows = {r["run"]: r for r in csv.DictReader(open(batch_dir / "comparison.csv"))}
