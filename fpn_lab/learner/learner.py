@@ -16,6 +16,7 @@ from torch import nn
 
 from fpn_lab.errors import DataError, ParamsError
 from fpn_lab.learner.callbacks import ImageAvgLoss, MMDetCallback, NonFiniteLossGuard
+from fpn_lab.learner.ema import WeightEMA
 from fpn_lab.learner.metrics import coco_metrics
 from fpn_lab.learner.optim import FusedAdam, FusedSGD
 from fpn_lab.models.build import check_num_classes
@@ -35,7 +36,7 @@ def backbone_neck_head_splitter(model) -> list:
 
 
 def make_learner(dls, model, class_map, *, opt: str = "adam", wd: float = 0.01, checkpoint=None, cbs=(),
-                 coco: bool = True, path=None, **kwargs) -> Learner:
+                 coco: bool = True, path=None, ema: bool = False, **kwargs) -> Learner:
     """A fastai ``Learner`` training ``model`` with COCO AP and AP50 as metric columns.
 
     Args:
@@ -52,6 +53,8 @@ def make_learner(dls, model, class_map, *, opt: str = "adam", wd: float = 0.01, 
         coco: add the COCO AP / AP50 metric columns (computed on every validation pass).
         path: folder for fastai's own files (``lr_find`` keeps the weights it restores in
             ``path/models/``); default: a temporary folder, never the current directory.
+        ema: keep YOLOX's exponential moving average of the weights (mmdet's ``ExpMomentumEMA``)
+            and validate, predict and save with it (:class:`~fpn_lab.learner.ema.WeightEMA`).
 
     The learner gets ``learn.class_map`` and ``learn.coco`` (the metric accumulator: last
     validation's detections and full COCO result).
@@ -67,6 +70,8 @@ def make_learner(dls, model, class_map, *, opt: str = "adam", wd: float = 0.01, 
         opt_func = OPTIMIZERS[opt]
     else:
         raise ParamsError(f"opt must be one of {sorted(OPTIMIZERS) + ['recipe']}; got {opt!r}.")
+    if ema:
+        cbs.append(WeightEMA())
     metrics = coco_metrics() if coco else []
     learn = Learner(dls, model, loss_func=detection_loss, opt_func=opt_func, wd=wd, metrics=metrics,
                     splitter=backbone_neck_head_splitter, cbs=[MMDetCallback(), NonFiniteLossGuard(checkpoint), *cbs],

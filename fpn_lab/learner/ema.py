@@ -1,0 +1,65 @@
+"""Weight EMA as a fastai callback: validation, predictions and checkpoints use the averaged weights."""
+
+from __future__ import annotations
+
+import torch
+from fastai.callback.core import Callback
+
+
+class WeightEMA(Callback):
+    """Keep an exponential moving average of the weights (mmdet's ``ExpMomentumEMA``, as YOLOX
+    trains with it: :func:`~fpn_lab.mmdet_adapter.ema.build_ema`) and use it where results come from.
+
+    * After every optimiser step of a fit (not of ``lr_find``) the average takes one step.
+    * Validation runs on the averaged weights: the model's and the average's tensors swap places
+      before validation and swap back after it, so training resumes on exactly its own weights
+      (no copy, no arithmetic).
+    * When the fit ends the averaged weights are copied into the model, so evaluation,
+      predictions and the saved checkpoint use them.
+
+    Args:
+        momentum, gamma: see :func:`~fpn_lab.mmdet_adapter.ema.build_ema` (defaults: the preset's
+            ``EMAHook`` momentum, mmdet's gamma of 2000 steps).
+    """
+
+    order = 40  # after the optimiser step (the Learner steps before after_step callbacks), before the Recorder (50)
+
+    def __init__(self, momentum: float | None = None, gamma: float | None = None):
+        self.momentum, self.gamma, self.ema, self.swapped = momentum, gamma, None, False
+
+    def _lr_find(self) -> bool:
+        return hasattr(self.learn, "lr_finder")
+
+    def before_fit(self):
+        if self.ema is None and not self._lr_find():
+            from fpn_lab.mmdet_adapter.ema import build_ema
+
+            self.ema = build_ema(self.learn.model, momentum=self.momentum, gamma=self.gamma)
+
+    def after_step(self):
+        if self.ema is not None and not self._lr_find():
+            self.ema.update_parameters(self.learn.model.detector)
+
+    def before_validate(self):
+        if self.ema is not None and not self._lr_find():
+            self._swap()
+            self.swapped = True
+
+    def after_validate(self):  # fastai calls it even when a callback cancelled validation before us
+        if self.swapped:
+            self._swap()
+            self.swapped = False
+
+    def after_fit(self):
+        if self.ema is not None and not self._lr_find():
+            with torch.no_grad():
+                for mine, avg in self._pairs():
+                    mine.copy_(avg)
+
+    def _pairs(self):
+        own, avg = self.learn.model.detector.state_dict(keep_vars=True), self.ema.module.state_dict(keep_vars=True)
+        return [(own[k], avg[k]) for k in own]
+
+    def _swap(self) -> None:
+        for mine, avg in self._pairs():
+            mine.data, avg.data = avg.data, mine.data
