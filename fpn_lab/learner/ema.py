@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from fastai.callback.core import Callback
 
 
@@ -14,8 +13,9 @@ class WeightEMA(Callback):
     * Validation runs on the averaged weights: the model's and the average's tensors swap places
       before validation and swap back after it, so training resumes on exactly its own weights
       (no copy, no arithmetic).
-    * When the fit ends the averaged weights are copied into the model, so evaluation,
-      predictions and the saved checkpoint use them.
+    * When the fit ends the model takes the averaged weights (swapped in), so evaluation,
+      predictions and the saved checkpoint use them; a further fit (``fine_tune``'s second
+      phase) swaps the training weights back first and goes on exactly where training stopped.
 
     Args:
         momentum, gamma: see :func:`~fpn_lab.mmdet_adapter.ema.build_ema` (defaults: the preset's
@@ -25,16 +25,22 @@ class WeightEMA(Callback):
     order = 40  # after the optimiser step (the Learner steps before after_step callbacks), before the Recorder (50)
 
     def __init__(self, momentum: float | None = None, gamma: float | None = None):
-        self.momentum, self.gamma, self.ema, self.swapped = momentum, gamma, None, False
+        self.momentum, self.gamma, self.ema = momentum, gamma, None
+        self.swapped = self.holds_average = False
 
     def _lr_find(self) -> bool:
         return hasattr(self.learn, "lr_finder")
 
     def before_fit(self):
-        if self.ema is None and not self._lr_find():
+        if self._lr_find():
+            return
+        if self.ema is None:
             from fpn_lab.mmdet_adapter.ema import build_ema
 
             self.ema = build_ema(self.learn.model, momentum=self.momentum, gamma=self.gamma)
+        elif self.holds_average:  # a previous fit ended on the average: train on the training weights again
+            self._swap()
+            self.holds_average = False
 
     def after_step(self):
         if self.ema is not None and not self._lr_find():
@@ -51,10 +57,9 @@ class WeightEMA(Callback):
             self.swapped = False
 
     def after_fit(self):
-        if self.ema is not None and not self._lr_find():
-            with torch.no_grad():
-                for mine, avg in self._pairs():
-                    mine.copy_(avg)
+        if self.ema is not None and not self._lr_find() and not self.holds_average:
+            self._swap()
+            self.holds_average = True
 
     def _pairs(self):
         own, avg = self.learn.model.detector.state_dict(keep_vars=True), self.ema.module.state_dict(keep_vars=True)
