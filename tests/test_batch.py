@@ -65,7 +65,7 @@ def _fake_run(started: threading.Barrier):
         if not (isinstance(cmd, list) and "fpn_lab.cli" in cmd):
             return real_run(cmd, **kwargs)
         args = cmd[cmd.index("run") + 1:]
-        params = yaml.safe_load(Path(args[0]).read_text())
+        params = yaml.safe_load((Path(kwargs.get("cwd", ".")) / args[0]).read_text())  # as the child would
         sets = dict(args[i + 1].split("=", 1) for i, a in enumerate(args) if a == "--set")
         if "--run-dir" in args:
             run_dir = Path(args[args.index("--run-dir") + 1])
@@ -93,6 +93,19 @@ def test_parallel_runs_each_read_their_own_folder(tmp_path, monkeypatch):
     assert code == 0 and rows["a"]["status"] == rows["b"]["status"] == "ok"
     assert (rows["a"]["image_size"], rows["a"]["seed"]) == ("64", "1")
     assert (rows["b"]["image_size"], rows["b"]["seed"]) == ("96", "2")
+
+
+def test_relative_params_paths_work_from_any_folder(tmp_path, monkeypatch):
+    """The runs start in the project root; params files named relative to the caller's folder must
+    still be found there."""
+    (tmp_path / "bt").mkdir()
+    (tmp_path / "bt" / "small.yaml").write_text("selection: yolox_tiny_pafpn_300e\ndata_dir: data/fridge\n"
+                                                "split: random\nimage_size: 64\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(batch_module.subprocess, "run", _fake_run(threading.Barrier(1, timeout=60)))
+    batch_dir, code = batch_module.run_batch(["bt/small.yaml"], name="rel", runs_dir=tmp_path / "runs", echo=False)
+    (row,) = csv.DictReader(open(batch_dir / "comparison.csv"))
+    assert code == 0 and row["status"] == "ok" and row["image_size"] == "64"
 
 
 @notebook

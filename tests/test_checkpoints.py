@@ -111,6 +111,10 @@ def test_a_file_that_is_not_a_checkpoint_is_an_error(tmp_path):
     path.write_text("not a checkpoint")
     with pytest.raises(ModelError, match="not a readable torch checkpoint"):
         build_model(PRESET, num_classes=3, weights=path)
+    for content in (b"", bytes(range(256)) * 4, b"version https://git-lfs.github.com/spec/v1\n"):
+        path.write_bytes(content)
+        with pytest.raises(ModelError, match="not a readable torch checkpoint"):
+            build_model(PRESET, num_classes=3, weights=path)
     torch.save({"epoch": 3, "notes": "no weights"}, path)
     with pytest.raises(ModelError, match=r"no state dict of tensors found \(top level: \['epoch', 'notes'\]"):
         build_model(PRESET, num_classes=3, weights=path)
@@ -186,3 +190,12 @@ def test_r18_class_maps_at_save_reordered_and_extra(trained, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="fpn_lab.models"):  # the one exception: a requested fine-tune
         tuned = build_model(PRESET, num_classes=3, weights=path, class_names=extra)
     assert "multi_level_conv_cls.0.weight" in caplog.text and len(tuned.skipped_weights) == 6
+
+
+@pytest.mark.parametrize("meta", [{"dataset_meta": {"classes": ("b", "a")}}, {"CLASSES": ("b", "a")}])
+def test_class_names_in_mmdet_checkpoints_are_checked_too(trained, tmp_path, meta):
+    path = tmp_path / "mmdet.pth"
+    torch.save({"meta": meta, "state_dict": build_model(PRESET, num_classes=2).detector.state_dict()}, path)
+    with pytest.raises(ModelError, match="same classes in another order"):
+        build_model(PRESET, num_classes=2, weights=path, class_names=["a", "b"])
+    assert len(build_model(PRESET, num_classes=2, weights=path, class_names=["b", "a"]).skipped_weights) == 0

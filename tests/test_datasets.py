@@ -173,7 +173,7 @@ def test_duplicate_image_ids_in_the_validation_file_are_refused(coco_two_files):
     val = json.loads(val_path.read_text())
     val["images"][1]["id"] = val["images"][0]["id"]
     _write(val_path, val)
-    with pytest.raises(DataError, match=r"image id 1 is given to both 14.jpg and 15.jpg.*one id per image"):
+    with pytest.raises(DataError, match=r"val.json: images #0 \('14.jpg'\) and #1 \('15.jpg'\) have the same id 1"):
         open_dataset(coco_two_files)
 
 

@@ -134,3 +134,14 @@ def test_dataset_params_that_fit_the_folder_validate(coco_fridge, tmp_path):
     assert validate_params(params, NB)[0] == params
     with pytest.raises(ParamsError, match=r"annotations.json \(the whole set\): no published split"):
         validate_params({"data_dir": str(coco_fridge)}, NB)
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"data_dir": None}, "data_dir: got None; it needs a value"),
+    ({"data_dir": ""}, "data_dir: got ''; it needs a value"),
+    ({"data_format": None}, "data_format: got None"),
+    ({"lr": 0.0, "lr_find_iters": 0}, "lr = 0 asks for lr_find's suggestion, but lr_find_iters = 0"),
+])
+def test_values_that_would_fail_in_the_notebook_fail_before_it(params, match):
+    with pytest.raises(ParamsError, match=match):
+        validate_params(params, NB)

@@ -214,3 +214,24 @@ def test_n09_truncated_jpeg_is_skipped_and_counted_when_not_strict_and_every_ite
     for tfms in (resize_and_pad(64), aug_tfms(64)):
         ds = Dataset(records, tfms)
         assert [ds[i][0].shape for i in range(len(ds))] == [(64, 64, 3)] * 2
+
+
+@pytest.mark.parametrize("change, match", [
+    ("image-id", r"images #0 \('a.png'\) and #1 \('b.png'\) have the same id 1"),
+    ("category-id", r"category ids \{3: \['can', 'soda'\]\} are used by more than one category"),
+    ("category-name", r"categories \{'can': \[3, 50\]\} share a name under several ids"),
+])
+def test_coco_duplicate_ids_and_names_are_errors(tmp_path, change, match):
+    from PIL import Image
+
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (40, 30)).save(tmp_path / name)
+    images = [{"id": 1, "file_name": "a.png", "width": 40, "height": 30},
+              {"id": 1 if change == "image-id" else 2, "file_name": "b.png", "width": 40, "height": 30}]
+    cats = [{"id": 3, "name": "can"}, {"id": 3 if change == "category-id" else 50,
+                                       "name": "can" if change == "category-name" else "soda"}]
+    anns = [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [1, 1, 5, 5]},
+            {"id": 2, "image_id": images[1]["id"], "category_id": cats[1]["id"], "bbox": [2, 2, 5, 5]}]
+    (tmp_path / "a.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    with pytest.raises(DataError, match=match):
+        COCOBBoxParser(tmp_path / "a.json", tmp_path).parse()

@@ -421,17 +421,6 @@ def _check_disjoint(train: list[Record], valid: list[Record], layout: Layout) ->
                         "training images inflates the scores. Remove them from one of the files.")
 
 
-def _check_valid_ids(valid: list[Record], source: Path) -> None:
-    """COCO evaluation (on the valid split only) needs one ``image_id`` per image."""
-    seen: dict = {}
-    for r in valid:
-        if r.image_id in seen:
-            raise DataError(f"{source}: image id {r.image_id!r} is given to both {seen[r.image_id].name} and "
-                            f"{r.filepath.name} in the validation split; COCO evaluation needs one id per image. "
-                            "Give each image its own id.")
-        seen[r.image_id] = r.filepath
-
-
 def open_dataset(data_dir: str | Path, *, data_format: str = "", split: str = "published",
                  valid_annotations: str | Path = "", seed: int = 42, strict: bool = True) -> DatasetSplit:
     """Parse a VOC or COCO dataset folder and split it into train and valid records.
@@ -456,8 +445,8 @@ def open_dataset(data_dir: str | Path, *, data_format: str = "", split: str = "p
 
     Raises:
         DataError: a layout problem (see :func:`find_layout`), a parse error, classes or ids of two
-            COCO files that disagree, an image in both splits, an empty split, or two validation
-            images with the same id.
+            COCO files that disagree, an image in both splits or an empty split (two images with one
+            id are the parser's error).
     """
     layout = find_layout(data_dir, data_format=data_format, split=split, valid_annotations=valid_annotations)
     opener = _open_voc if layout.data_format == "voc" else _open_coco
@@ -466,7 +455,6 @@ def open_dataset(data_dir: str | Path, *, data_format: str = "", split: str = "p
         if not records:
             raise DataError(f"the {name} split of {data_dir} is empty ({layout.split} split, {len(train) + len(valid)} "
                             "images in all); it needs at least one image.")
-    _check_valid_ids(valid, layout.sources.get("valid", layout.sources.get("annotations")))
     for note in layout.notes:
         log.warning("%s", note)
     return DatasetSplit(train, valid, class_map, layout.data_format, layout.split, Path(data_dir), layout.sources,

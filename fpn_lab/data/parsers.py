@@ -320,12 +320,27 @@ class COCOBBoxParser(_Parser):
     def _categories(self) -> dict:
         cats = self.data.get("categories") or []
         try:
-            by_id = {c["id"]: self._label(c["name"]) for c in sorted(cats, key=lambda c: c["id"])}
+            pairs = [(c["id"], normalize_name(c["name"])) for c in sorted(cats, key=lambda c: c["id"])]
         except (KeyError, TypeError) as e:
             raise DataError(f"{self.annotations_file}: every category needs 'id' and 'name' ({e!r} missing).") from None
-        first_id = {}  # name -> its lowest category id (label_mapping may merge several ids into one name)
+        ids, names = Counter(i for i, _ in pairs), Counter(n for _, n in pairs)
+        dup_ids = {i: [n for j, n in pairs if j == i] for i, k in ids.items() if k > 1}
+        if dup_ids:
+            raise DataError(f"{self.annotations_file.name}: category ids {dup_ids} are used by more than one category; "
+                            "each category needs its own id. Fix the 'categories' list.")
+        dup_names = {n: [i for i, m in pairs if m == n] for n, k in names.items() if k > 1}
+        if dup_names:
+            raise DataError(f"{self.annotations_file.name}: categories {dup_names} share a name under several ids; "
+                            "results could not give back each annotation's id. Rename them, or merge their annotations "
+                            "into one id in the file.")
+        by_id = {cid: self._label(name) for cid, name in pairs}
+        first_id = {}  # name -> its lowest id (an explicit label_mapping may merge categories into one name)
         for cid, name in by_id.items():
             first_id.setdefault(name, cid)
+        merged = {n: [i for i, m in by_id.items() if m == n] for n in first_id if list(by_id.values()).count(n) > 1}
+        if merged:
+            self.report.note(f"{self.annotations_file.name}: label_mapping merges categories {merged}; results give "
+                             "each merged class the lowest of its ids")
         if self.class_map is None:
             self.class_map = ClassMap(list(first_id), category_ids=list(first_id.values()))
         else:
@@ -401,6 +416,14 @@ class COCOBBoxParser(_Parser):
             kinds = sorted({type(im.get("id")).__name__ for im in images})
             raise DataError(f"{self.annotations_file.name}: image ids must be all ints or all strings (COCO tools sort "
                             f"them); this file mixes {kinds}. Write every image id (and annotation image_id) one way.")
+        seen: dict = {}
+        for pos, im in enumerate(images):
+            if im.get("id") in seen:
+                first = seen[im["id"]]
+                raise DataError(f"{self.annotations_file.name}: images #{first} ({images[first].get('file_name')!r}) and "
+                                f"#{pos} ({im.get('file_name')!r}) have the same id {im['id']!r}; every image needs its "
+                                "own id (annotations name their image by it). Give one of them a new id.")
+            seen[im.get("id")] = pos
         by_image: dict = {}
         for ann in self.data.get("annotations") or []:
             by_image.setdefault(ann.get("image_id"), []).append(ann)

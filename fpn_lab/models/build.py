@@ -7,7 +7,9 @@ from pathlib import Path
 
 from fpn_lab.errors import ModelError
 from fpn_lab.models.registry import get_preset
-from fpn_lab.models.weights import download_weights, load_matching, read_checkpoint, state_dict_from
+from fpn_lab.models.weights import (
+    download_weights, load_matching, read_checkpoint, saved_class_names, state_dict_from,
+)
 
 log = logging.getLogger("fpn_lab.models")
 PRETRAINED = ("none", "imagenet", "coco")
@@ -44,9 +46,10 @@ def build_model(selection, *, num_classes: int, pretrained=False, weights: str |
             overrides FPN arguments (``out_channels``, ``start_level``, ``add_extra_convs``,
             ``num_outs``, ``relu_before_extra_convs``). Conflicts with the head are errors.
         class_names: the dataset's class names in label order. When the checkpoint records its
-            own (fpn_lab checkpoints do): the same names in another order are an error (the head's
-            rows would predict swapped labels); other classes re-initialise the class-dependent
-            layers (a fine-tune), with a warning naming them.
+            own (fpn_lab's ``class_names``, mmdet's ``meta.dataset_meta.classes`` or
+            ``meta.CLASSES``): the same names in another order are an error (the head's rows would
+            predict swapped labels); other classes re-initialise the class-dependent layers (a
+            fine-tune), with a warning naming them.
 
     Returns:
         :class:`~fpn_lab.mmdet_adapter.wrapper.MMDetModel`; ``model.weights_report`` is the
@@ -68,7 +71,7 @@ def build_model(selection, *, num_classes: int, pretrained=False, weights: str |
         path = Path(weights) if weights is not None else download_weights(preset.weights_url)
         ckpt = read_checkpoint(path)
         skip = ()
-        saved = ckpt.get("class_names") if isinstance(ckpt, dict) else None
+        saved = saved_class_names(ckpt)
         if saved is not None and class_names is not None and list(saved) != list(class_names):
             if sorted(saved) == sorted(class_names):
                 raise ModelError(f"checkpoint {path} was trained with classes {list(saved)}, the data has the same "

@@ -76,8 +76,9 @@ def read_checkpoint(path: str | Path):
     try:
         with torch.serialization.safe_globals(allowed_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
-        detail = str(e).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, KeyError, IndexError, ValueError, TypeError) as e:
+        # torch's safe unpickler fails on a file that is not a pickle with whatever error its bytes cause
+        detail = (str(e).split("WeightsUnpickler error:")[-1].strip().splitlines() or [type(e).__name__])[0]
         if "Unsupported global" in detail:
             raise ModelError(f"{path}: cannot be loaded safely ({detail}). fpn_lab loads weights with "
                              "torch.load(weights_only=True); re-save the weights as a plain state dict "
@@ -115,6 +116,19 @@ def state_dict_from(ckpt, source: str = "checkpoint") -> dict[str, torch.Tensor]
         if all(k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items()}
     return state
+
+
+def saved_class_names(ckpt) -> list[str] | None:
+    """Class names recorded in a checkpoint, label order: fpn_lab's ``class_names``, mmdet 3's
+    ``meta.dataset_meta.classes`` or mmdet 2's ``meta.CLASSES``; ``None`` when it has none."""
+    if not isinstance(ckpt, dict):
+        return None
+    meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), dict) else {}
+    dataset_meta = meta.get("dataset_meta") if isinstance(meta.get("dataset_meta"), dict) else {}
+    for names in (ckpt.get("class_names"), dataset_meta.get("classes"), meta.get("CLASSES")):
+        if isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names):
+            return list(names)
+    return None
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

@@ -195,12 +195,15 @@ def run_batch(params_files, *, jobs: int = 1, name: str | None = None, overrides
 
     Exit code 0 when every run succeeded and passed the gates, 1 otherwise.
     """
-    files = [Path(p) for p in params_files]
+    files = [Path(p).resolve() for p in params_files]  # the runs start in the project root: never relative
     missing = [str(p) for p in files if not p.is_file()]
     if missing:
         raise ParamsError(f"params file(s) not found: {missing}.")
-    if len({p.stem for p in files}) != len(files):
-        raise ParamsError("params files must have distinct names: each names its run folder.")
+    stems = Counter(p.stem for p in files)
+    if any(n > 1 for n in stems.values()):
+        clash = [str(p) for p in files if stems[p.stem] > 1]
+        raise ParamsError(f"params files must have distinct names, each names its run folder; these share one: {clash}. "
+                          "Rename or copy one of them.")
     if not isinstance(jobs, int) or jobs < 1:
         raise ParamsError(f"--jobs must be a positive int; got {jobs!r}.")
     batch_dir = unique_run_dir(runs_dir, name or f"batch-{datetime.now():%Y%m%d-%H%M%S}")

@@ -157,6 +157,10 @@ def validate_params(params: dict, notebook: str | Path, spec: dict | None = None
         if note:
             notes.append(note)
     _check_values(out)
+    merged = {**{k: v["default"] for k, v in spec.items()}, **out}
+    if "lr" in merged and "lr_find_iters" in merged and not merged["lr"] and not merged["lr_find_iters"]:
+        raise ParamsError("lr = 0 asks for lr_find's suggestion, but lr_find_iters = 0 skips lr_find: set lr (e.g. "
+                          "lr: 0.003) or lr_find_iters >= 10.")
     return out, notes
 
 
@@ -193,6 +197,10 @@ def _check_values(params: dict) -> None:
     if weights and not project_path(weights).is_file():
         raise ParamsError(f"weights: {weights!r} is not a file (looked in {project_path(weights)}).")
 
+    for key in ("data_dir", "data_format", "split"):
+        if key in params and params[key] is None or key == "data_dir" and params.get(key, "x") == "":
+            raise ParamsError(f"{key}: got {params[key]!r}; it needs a value (data_dir: the dataset folder; data_format: "
+                              "'voc', 'coco' or '' to detect; split: 'published', 'random' or 'file').")
     data_dir = params.get("data_dir")
     if isinstance(data_dir, str) and data_dir and not project_path(data_dir).is_dir():
         raise ParamsError(f"data_dir: {data_dir!r} is not a folder (looked in {project_path(data_dir)}); relative "
