@@ -222,3 +222,12 @@ def test_data_format_settles_an_ambiguous_folder(tmp_path):
     assert find_layout(tmp_path, data_format="voc", split="random").data_format == "voc"
     assert find_layout(tmp_path, data_format="coco", split="random").data_format == "coco"
     assert find_layout(tmp_path, data_format="coco", split="random").images == tmp_path / "images"
+
+
+def test_coco_file_split_takes_the_validation_images_out_of_the_whole_set(coco_fridge, tmp_path):
+    """The common export: one annotations.json with every image, and a json of the validation images."""
+    valid_json = _write(tmp_path / "val.json", _subset(_load(coco_fridge), ("10", "13"), renumber=False))
+    data = open_dataset(coco_fridge, split="file", valid_annotations=valid_json)
+    assert sorted(r.filepath.stem for r in data.valid) == ["10", "13"]
+    assert sorted(r.filepath.stem for r in data.train) == ["11", "12", "14", "15"]
+    assert [r.image_id for r in data.valid] == ["fridge-10", "fridge-13"]

@@ -229,8 +229,8 @@ def find_layout(data_dir: str | Path, *, data_format: str = "", split: str = "pu
        published split, even beside a validation file).
        ``"random"``: the training source, 80/20 (a COCO validation file found is not used, and
        a note says so). ``"file"``: ``valid_annotations`` gives the validation set (COCO: a json
-       file, replacing a validation file found; VOC: a text file of image ids) and the training
-       source the rest (VOC) or the training set (COCO).
+       file, replacing a validation file found; VOC: a text file of image ids) and the rest of the
+       training source trains (its images that are in the validation set are taken out).
 
     Args:
         data_dir: the dataset folder (relative paths resolve against the working directory:
@@ -345,8 +345,8 @@ class DatasetSplit:
 
 def _read_ids(path: Path) -> list[str]:
     """Image ids (file stems), one per line as in ``ImageSets/Main``: the first word of each
-    non-blank line; an id listed twice counts once."""
-    ids = [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip()]
+    non-blank line not starting with ``#``; an id listed twice counts once."""
+    ids = [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     if not ids:
         raise DataError(f"valid_annotations {path} lists no image id; write one validation image id (file stem) "
                         "per line.")
@@ -409,6 +409,13 @@ def _open_coco(layout: Layout, seed: int, strict: bool):
     vp = _coco_parser(layout.sources["valid"], layout.images, class_map=tp.class_map, strict=strict)
     _check_same_categories(tp, vp)
     valid = vp.parse()  # same names and ids as tp.class_map: _check_same_categories passed
+    if layout.split == "file":  # the validation images are taken out of the training source: the rest trains
+        held_out = {r.filepath.resolve() for r in valid}
+        kept = [r for r in train if r.filepath.resolve() not in held_out]
+        if len(kept) < len(train):
+            log.info("%d images of %s are validation images (%s): not trained on", len(train) - len(kept),
+                     layout.sources["train"].name, layout.sources["valid"].name)
+        train = kept
     _check_disjoint(train, valid, layout)
     return train, valid, tp.class_map, {"train": tp.report, "valid": vp.report}
 

@@ -59,8 +59,9 @@ class FixedSplitter:
         for name, split in zip(self.names, self.splits):
             missing = [k for k in split if k not in by_key]
             if missing:
-                raise DataError(f"{len(missing)} ids of {name!r} name no parsed image (first: {missing[:3]}); "
-                                "they may have been skipped or the split file belongs to another dataset.")
+                raise DataError(f"{len(missing)} ids of {name!r} name no parsed image (first: {missing[:3]}; ids are "
+                                f"image file stems such as {next(iter(by_key), '?')!r}); they may have been skipped, "
+                                "or the split file belongs to another dataset.")
             out.append([by_key[k] for k in split])
         return out
 
