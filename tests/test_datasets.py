@@ -231,3 +231,11 @@ def test_coco_file_split_takes_the_validation_images_out_of_the_whole_set(coco_f
     assert sorted(r.filepath.stem for r in data.valid) == ["10", "13"]
     assert sorted(r.filepath.stem for r in data.train) == ["11", "12", "14", "15"]
     assert [r.image_id for r in data.valid] == ["fridge-10", "fridge-13"]
+
+
+def test_a_training_split_without_any_box_is_refused(coco_fridge, tmp_path):
+    data = _load(coco_fridge)
+    _write(tmp_path / "annotations.json", {**data, "annotations": []})
+    (tmp_path / "images").symlink_to(coco_fridge / "images", target_is_directory=True)
+    with pytest.raises(DataError, match=r"training split .* \(5 images\) has no box to train on"):
+        open_dataset(tmp_path, split="random")
