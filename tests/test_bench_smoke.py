@@ -34,3 +34,13 @@ def test_accuracy_parity_quick_mode_both_trainers_and_summary(tmp_path):
                              capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert summary.returncode == 0, summary.stderr[-2000:]
     assert sum(line.startswith(("| fpn_lab |", "| mmdet |")) for line in summary.stdout.splitlines()) == 3
+
+
+def test_demo_seeds_quick_mode_records_each_seed(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "demo_seeds.py"), "--quick", "--out", str(tmp_path)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    record = json.loads((tmp_path / "seed0.json").read_text())
+    assert record["status"] == "ok" and record["metrics_json"]["params"]["seed"] == 0
+    assert [e["epoch"] for e in record["epoch_log"]] == [1] and record["epoch_log"][0]["seconds"] > 0
+    assert "| 0 | ok |" in out.stdout and "mean ± sd (min)" in out.stdout
