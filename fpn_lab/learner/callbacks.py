@@ -48,8 +48,8 @@ class NonFiniteLossGuard(Callback):
     """Stop on a NaN or infinite loss with a :class:`~fpn_lab.errors.TrainingError` that names the
     phase (``training``, ``validation`` or ``lr_find``), the epoch (``3/7``, as the per-epoch lines
     count, and its row in fastai's progress table, which counts from 0), the batch, the learning
-    rate and the loss terms that went non-finite (or
-    the weights / features that did, when mmdet could not compute a loss at all).
+    rate and the loss terms that went non-finite (or the weights / features that did, when mmdet
+    could not compute a loss at all).
 
     fastai's own ``TerminateOnNaNCallback`` cancels the fit quietly, so a headless run would exit
     0; this raises instead. In ``lr_find`` a non-finite loss is how the search normally ends (at

@@ -131,11 +131,6 @@ def saved_class_names(ckpt) -> list[str] | None:
     return None
 
 
-def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """:func:`read_checkpoint` then :func:`state_dict_from`: the weights of the file at ``path``."""
-    return state_dict_from(read_checkpoint(path), source=str(path))
-
-
 @dataclass(frozen=True)
 class LoadReport:
     """What :func:`load_matching` did, tensor by tensor (parameters and buffers).
