@@ -36,7 +36,8 @@ def backbone_neck_head_splitter(model) -> list:
 
 
 def make_learner(dls, model, class_map, *, opt: str = "adam", wd: float = 0.01, checkpoint=None, cbs=(),
-                 coco: bool = True, path=None, ema: bool = False, **kwargs) -> Learner:
+                 coco: bool = True, path=None, ema: bool = False, ema_gamma: float | None = None,
+                 **kwargs) -> Learner:
     """A fastai ``Learner`` training ``model`` with COCO AP and AP50 as metric columns.
 
     Args:
@@ -54,7 +55,8 @@ def make_learner(dls, model, class_map, *, opt: str = "adam", wd: float = 0.01, 
         path: folder for fastai's own files (``lr_find`` keeps the weights it restores in
             ``path/models/``); default: a temporary folder, never the current directory.
         ema: keep YOLOX's exponential moving average of the weights (mmdet's ``ExpMomentumEMA``)
-            and validate, predict and save with it (:class:`~fpn_lab.learner.ema.WeightEMA`).
+            and validate, predict and save with it (:class:`~fpn_lab.learner.ema.WeightEMA`);
+            ``ema_gamma``: its warm-up in steps (default mmdet's 2000).
 
     The learner gets ``learn.class_map`` and ``learn.coco`` (the metric accumulator: last
     validation's detections and full COCO result).
@@ -71,7 +73,7 @@ def make_learner(dls, model, class_map, *, opt: str = "adam", wd: float = 0.01, 
     else:
         raise ParamsError(f"opt must be one of {sorted(OPTIMIZERS) + ['recipe']}; got {opt!r}.")
     if ema:
-        cbs.append(WeightEMA())
+        cbs.append(WeightEMA(gamma=ema_gamma))
     metrics = coco_metrics() if coco else []
     learn = Learner(dls, model, loss_func=detection_loss, opt_func=opt_func, wd=wd, metrics=metrics,
                     splitter=backbone_neck_head_splitter, cbs=[MMDetCallback(), NonFiniteLossGuard(checkpoint), *cbs],
