@@ -104,7 +104,7 @@ def load_checkpoint(path: str | Path, *, class_map: ClassMap | Sequence[str] | N
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as e:  # missing, unexpected or differently shaped tensors
         raise ModelError(f"{path}: its weights do not fit its own config; the file is damaged or was edited "
-                         f"({str(e).splitlines()[0]} {' '.join(str(e).split())[:300]}).") from None
+                         f"({' '.join(str(e).split())[:300]}).") from None
     model.eval()
     info = {k: v for k, v in ckpt.items() if k != "state_dict"}
     info.setdefault("pad_value", list(preset.pad_value))
