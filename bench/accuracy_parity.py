@@ -146,7 +146,7 @@ def run_fpn_lab(args, class_map, train_records, valid_records):
     learn = make_learner(dls, model, class_map, opt="adam", cbs=[Timing(), AfterMetrics()])
     with learn.no_bar():
         learn.fit_one_cycle(args.epochs, args.lr)
-    result, _ = evaluate(model, valid_ds, class_map.names)
+    result, _ = evaluate(model, valid_ds, class_map)
     aug = " ".join(f"{type(t).__name__}({t.p:g})" for t in train_ds.tfms.pipeline.transforms)
     return log, result, {"optimizer": f"{type(learn.opt).__module__.split('.')[0]}.{type(learn.opt).__name__}",
                          "augmentation": aug}
@@ -290,7 +290,7 @@ def run_mmdet(args, class_map, train_records, valid_records):
         state = {k: v for k, v in state.items() if k in ours.detector.state_dict()}
     ours.detector.load_state_dict(state)
     valid_ds = Dataset(valid_records, resize_and_pad(args.size, pad_value=ours.preset.pad_value))
-    result, _ = evaluate(ours, valid_ds, class_map.names)
+    result, _ = evaluate(ours, valid_ds, class_map)
     aug = " ".join(t["type"] for t in (cfg.train_dataloader.dataset.get("pipeline") or []) if t["type"] not in
                    ("LoadImageFromFile", "LoadAnnotations", "PackDetInputs", "FilterAnnotations"))
     return log, result, {"optimizer": f"torch.{type(runner.optim_wrapper.optimizer).__name__}", "augmentation": aug}
