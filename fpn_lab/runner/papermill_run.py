@@ -111,7 +111,8 @@ def add_summary_cell(notebook: Path, metrics: dict) -> None:
              "| | |", "| --- | --- |",
              f"| preset | `{metrics.get('preset', p.get('selection', '?'))}` |",
              f"| AP@[.5:.95] / AP50 | {fmt(m.get('AP'))} / {fmt(m.get('AP50'))} |"]
-    for key in ("data_dir", "split", "image_size", "batch_size", "epochs", "lr", "opt", "seed", "neck", "pretrained"):
+    for key in ("data_dir", "data_format", "split", "image_size", "batch_size", "epochs", "lr", "opt", "ema", "seed",
+                "neck", "pretrained", "weights"):
         if key in p:
             lines.append(f"| {key} | `{p[key]!r}` |")
     if t:
