@@ -15,12 +15,13 @@ from fpn_lab.data.transforms import aug_tfms, resize_and_pad
 from fpn_lab.errors import DataError, ModelError, ParamsError, TrainingError
 from fpn_lab.evaluation import evaluate, history, predict_dataset
 from fpn_lab.inference import predict_images
-from fpn_lab.learner.learner import find_lr, make_learner
+from fpn_lab.learner.learner import find_lr, make_learner, train
 from fpn_lab.metrics.coco import records_to_coco
-from fpn_lab.models.build import build_model, count_parameters
+from fpn_lab.models.build import build_model, count_parameters, place_model
 from fpn_lab.models.catalogue import selection_table
 from fpn_lab.models.registry import get_preset, list_models
 from fpn_lab.runner.context import Run, display_path, project_path, set_seed, write_json_atomic
+from fpn_lab.threads import configure_threads
 from fpn_lab.viz.draw import (
     plot_metrics, show_batch, show_fpn_features, show_predictions, show_results, show_samples,
 )
@@ -29,9 +30,9 @@ from fpn_lab.viz.picker import ModelPicker
 __all__ = [
     "COCOBBoxParser", "ClassMap", "DataError", "Dataset", "FixedSplitter", "ModelError", "ModelPicker",
     "ParamsError", "RandomSplitter", "Record", "Run", "TrainingError", "VOCBBoxParser", "VOCImageSetSplitter",
-    "aug_tfms", "build_model", "check_reload", "count_parameters", "display_path", "evaluate", "find_lr",
+    "aug_tfms", "build_model", "check_reload", "configure_threads", "count_parameters", "display_path", "evaluate", "find_lr",
     "get_preset", "history", "list_models", "load_checkpoint", "load_image", "make_dataloaders", "make_learner",
-    "open_dataset", "plot_metrics", "predict_dataset", "predict_images", "project_path", "records_to_coco",
+    "open_dataset", "place_model", "plot_metrics", "predict_dataset", "predict_images", "project_path", "records_to_coco",
     "resize_and_pad", "save_checkpoint", "selection_table", "set_seed", "show_batch", "show_fpn_features",
-    "show_predictions", "show_results", "show_samples", "write_json_atomic",
+    "show_predictions", "show_results", "show_samples", "train", "write_json_atomic",
 ]

@@ -18,6 +18,7 @@ from fpn_lab.errors import DataError, ParamsError
 from fpn_lab.learner.callbacks import ImageAvgLoss, MMDetCallback, NonFiniteLossGuard
 from fpn_lab.learner.ema import WeightEMA
 from fpn_lab.learner.metrics import coco_metrics
+from fpn_lab.learner.mode_switch import LastEpochsSwitch
 from fpn_lab.learner.optim import FusedAdam, FusedSGD
 from fpn_lab.models.build import check_num_classes
 
@@ -37,7 +38,7 @@ def backbone_neck_head_splitter(model) -> list:
 
 def make_learner(dls, model, class_map, *, opt: str = "adam", wd: float = 0.01, checkpoint=None, cbs=(),
                  coco: bool = True, path=None, ema: bool = False, ema_gamma: float | None = None,
-                 **kwargs) -> Learner:
+                 no_aug_epochs: int = 0, **kwargs) -> Learner:
     """A fastai ``Learner`` training ``model`` with COCO AP and AP50 as metric columns.
 
     Args:
@@ -57,6 +58,8 @@ def make_learner(dls, model, class_map, *, opt: str = "adam", wd: float = 0.01, 
         ema: keep YOLOX's exponential moving average of the weights (mmdet's ``ExpMomentumEMA``)
             and validate, predict and save with it (:class:`~fpn_lab.learner.ema.WeightEMA`);
             ``ema_gamma``: its warm-up in steps (default mmdet's 2000).
+        no_aug_epochs: train the last this many epochs of each fit without augmentation and with
+            YOLOX's L1 box loss (:class:`~fpn_lab.learner.mode_switch.LastEpochsSwitch`); 0: off.
 
     The learner gets ``learn.class_map`` and ``learn.coco`` (the metric accumulator: last
     validation's detections and full COCO result).
@@ -74,6 +77,8 @@ def make_learner(dls, model, class_map, *, opt: str = "adam", wd: float = 0.01, 
         raise ParamsError(f"opt must be one of {sorted(OPTIMIZERS) + ['recipe']}; got {opt!r}.")
     if ema:
         cbs.append(WeightEMA(gamma=ema_gamma))
+    if no_aug_epochs:
+        cbs.append(LastEpochsSwitch(no_aug_epochs))
     metrics = coco_metrics() if coco else []
     learn = Learner(dls, model, loss_func=detection_loss, opt_func=opt_func, wd=wd, metrics=metrics,
                     splitter=backbone_neck_head_splitter, cbs=[MMDetCallback(), NonFiniteLossGuard(checkpoint), *cbs],
@@ -82,6 +87,47 @@ def make_learner(dls, model, class_map, *, opt: str = "adam", wd: float = 0.01, 
     learn.class_map = class_map
     learn.coco = metrics[0].acc if metrics else None
     return learn
+
+
+#: fastai ``fit_one_cycle`` arguments a run may set, with their fastai defaults and the open range allowed.
+ONE_CYCLE_ARGS = {"pct_start": (0.25, 0.0, 1.0), "div": (25.0, 1.0, None), "div_final": (1e5, 1.0, None)}
+
+
+def train(learn: Learner, epochs: int, lr: float, *, fine_tune: bool = False, one_cycle: dict | None = None) -> None:
+    """Train as the notebook does: fastai's one-cycle schedule from scratch, ``fine_tune`` (one
+    frozen epoch, then all layers) from pretrained or given weights.
+
+    Args:
+        epochs: epochs of the (unfrozen) one-cycle fit (>= 1).
+        lr: peak learning rate.
+        one_cycle: fastai's one-cycle shape, any of ``pct_start`` (share of the steps warming
+            up, default 0.25; fine_tune's 0.3), ``div`` (start lr = lr / div, default 25;
+            fine_tune's 5) and ``div_final`` (end lr = lr / div_final, default 1e5). Leslie
+            Smith, "Super-Convergence" (2018), via fastai's ``fit_one_cycle``.
+
+    Raises:
+        ParamsError: ``epochs`` < 1, ``lr`` <= 0, an unknown ``one_cycle`` key or a value out of
+            range (``0 < pct_start < 1``, ``div`` and ``div_final`` >= 1).
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ParamsError(f"epochs must be a positive int; got {epochs!r}.")
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
+        raise ParamsError(f"lr must be a positive number; got {lr!r}.")
+    one_cycle = dict(one_cycle or {})
+    for key, value in one_cycle.items():
+        if key not in ONE_CYCLE_ARGS:
+            raise ParamsError(f"one_cycle: unknown argument {key!r}; allowed: {sorted(ONE_CYCLE_ARGS)} "
+                              "(fastai fit_one_cycle's schedule shape).")
+        _, low, high = ONE_CYCLE_ARGS[key]
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+            low < value < high if high is not None else value >= low)
+        if not ok:
+            bound = f"between {low} and {high} (exclusive)" if high is not None else f">= {low}"
+            raise ParamsError(f"one_cycle: {key} must be a number {bound}; got {value!r}.")
+    if fine_tune:
+        learn.fine_tune(epochs, lr, freeze_epochs=1, **one_cycle)
+    else:
+        learn.fit_one_cycle(epochs, lr, **one_cycle)
 
 
 def find_lr(learn: Learner, num_it: int = 30, show_plot: bool = True) -> float:

@@ -28,6 +28,7 @@ from pathlib import Path
 from fpn_lab.errors import ParamsError
 from fpn_lab.runner.context import project_path, unique_run_dir
 from fpn_lab.runner.params import load_params_file, parse_set, validate_params
+from fpn_lab.threads import usable_cores
 
 COLUMNS = ["run", "status", "preset", "neck", "image_size", "epochs", "seed", "data_dir", "split", "AP", "AP50",
            "train_s", "params", "inference_ms_per_image", "comparable", "failed_step", "error"]
@@ -207,7 +208,7 @@ def run_batch(params_files, *, jobs: int = 1, name: str | None = None, overrides
     if not isinstance(jobs, int) or jobs < 1:
         raise ParamsError(f"--jobs must be a positive int; got {jobs!r}.")
     batch_dir = unique_run_dir(runs_dir, name or f"batch-{datetime.now():%Y%m%d-%H%M%S}")
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = max(1, usable_cores() // jobs)  # the cores this process may use, shared by the jobs
     t0 = time.perf_counter()
 
     def one(p):

@@ -1,0 +1,76 @@
+"""Thread count: the cores this process may use (affinity, cgroup quota, OMP_NUM_THREADS), never the machine's count."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fpn_lab import threads
+from fpn_lab.errors import ParamsError
+
+
+@pytest.fixture
+def fake_cgroup(tmp_path, monkeypatch):
+    """A cgroup tree under ``tmp_path``: the process sits in ``/job`` of the v2 hierarchy."""
+    monkeypatch.setattr(threads, "_CGROUP", tmp_path)
+    monkeypatch.setattr(threads, "_cgroup_paths", lambda: {"": "/job"})
+    (tmp_path / "job").mkdir()
+    return tmp_path
+
+
+def test_cgroup_v2_quota_caps_the_cores(fake_cgroup, monkeypatch):
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    (fake_cgroup / "job" / "cpu.max").write_text("150000 100000\n")
+    assert threads.cgroup_cpu_limit() == 1.5
+    assert threads.usable_cores() == 2  # 1.5 cores: two threads each run part of the time
+
+
+def test_the_smallest_quota_up_the_tree_binds(fake_cgroup, monkeypatch):
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: set(range(8)))
+    (fake_cgroup / "job" / "cpu.max").write_text("max 100000\n")
+    (fake_cgroup / "cpu.max").write_text("300000 100000\n")
+    assert threads.usable_cores() == 3
+
+
+def test_cgroup_v1_quota(tmp_path, monkeypatch):
+    monkeypatch.setattr(threads, "_CGROUP", tmp_path)
+    monkeypatch.setattr(threads, "_cgroup_paths", lambda: {"cpu,cpuacct": "/docker/abc"})
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: set(range(16)))
+    d = tmp_path / "cpu,cpuacct" / "docker" / "abc"
+    d.mkdir(parents=True)
+    (d / "cpu.cfs_quota_us").write_text("400000\n")
+    (d / "cpu.cfs_period_us").write_text("100000\n")
+    assert threads.usable_cores() == 4
+
+
+def test_affinity_counts_when_there_is_no_quota(fake_cgroup, monkeypatch):
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {3})
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 64)
+    assert threads.cgroup_cpu_limit() is None
+    assert threads.usable_cores() == 1
+
+
+def test_zero_means_omp_num_threads_else_usable_cores(monkeypatch):
+    monkeypatch.setattr(threads, "usable_cores", lambda: 6)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert threads.resolve_num_threads(0) == 6
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what `fpn-lab batch --jobs 2` gives each run on two cores
+    assert threads.resolve_num_threads(0) == 1
+    assert threads.resolve_num_threads(3) == 3
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "auto", "2", True, None])
+def test_bad_thread_counts_are_refused(bad):
+    with pytest.raises(ParamsError, match="num_threads"):
+        threads.resolve_num_threads(bad)
+
+
+def test_configure_sets_torch_and_warns_beyond_the_usable_cores(monkeypatch):
+    before = torch.get_num_threads()
+    monkeypatch.setattr(threads, "usable_cores", lambda: 1)
+    try:
+        assert threads.configure_threads(1) == 1 and torch.get_num_threads() == 1
+        with pytest.warns(UserWarning, match="more than the 1 cores"):
+            assert threads.configure_threads(2) == 2
+    finally:
+        torch.set_num_threads(before)
