@@ -105,3 +105,25 @@ def test_coco_weights_from_a_local_file_skip_class_layers(tmp_path):
     assert model.skipped_weights and all("conv_cls" in k for k in model.skipped_weights)
     name = "backbone.stem.conv.conv.weight"
     assert torch.equal(model.detector.state_dict()[name], src.detector.state_dict()[name])
+
+
+def test_channels_last_placement_computes_the_same_losses_and_outputs(bccd_records):
+    from fpn_lab.models.build import place_model
+
+    _, train, _ = bccd_records
+    torch.manual_seed(0)
+    model = build_model("yolox_tiny_pafpn_300e", num_classes=3)
+    images, targets = _batch(train[:2], pad=get_preset("yolox_tiny_pafpn_300e").pad_value)
+    model.eval()
+    with torch.no_grad():
+        nchw = model(images, targets)
+    place_model(model, "cpu", channels_last=True)
+    conv = model.detector.backbone.stem.conv.conv.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    with torch.no_grad():
+        nhwc = model(images, targets)
+        feats = model.detector.extract_feat(model.preprocess(images, targets, training=False)[0])
+    assert feats[0].is_contiguous(memory_format=torch.channels_last)  # the layout propagates through the network
+    torch.testing.assert_close(nhwc["loss"], nchw["loss"], rtol=1e-4, atol=1e-4)
+    place_model(model, "cpu", channels_last=False)
+    assert model.detector.backbone.stem.conv.conv.weight.is_contiguous()
