@@ -3,6 +3,7 @@
     .venv/bin/python bench/demo_seeds.py --name baseline                  # params/demo.yaml, seeds 0-4
     .venv/bin/python bench/demo_seeds.py --name ema --set ema=true --seeds 0 1 2
     .venv/bin/python bench/demo_seeds.py --summary bench/logs/demo_seeds/baseline
+    .venv/bin/python bench/demo_seeds.py --ablation bench/logs/demo_seeds/* --seeds 0 1 2   # one row per sweep
 
 Each seed is ``fpn-lab run PARAMS --set seed=K`` (the getting-started notebook, headless) into
 ``runs/demo_seeds/<name>/seed<K>/``; its ``metrics.json`` is copied to
@@ -98,12 +99,12 @@ def _contended(record: dict) -> str:
     return "yes" if record["contended"] else "no"
 
 
-def _fmt(values: list) -> str:
+def _fmt(values: list, digits: int = 3) -> str:
     vals = [v for v in values if isinstance(v, (int, float))]
     if not vals:
         return "n/a"
     sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    return f"{statistics.mean(vals):.3f} ± {sd:.3f} (min {min(vals):.3f})"
+    return f"{statistics.mean(vals):.{digits}f} ± {sd:.{digits}f} (min {min(vals):.{digits}f})"
 
 
 def summary(out_dir: Path) -> str:
@@ -129,11 +130,39 @@ def summary(out_dir: Path) -> str:
                                         for v in row.values()) + " |")
     uncontended = [i for i, r in enumerate(records) if _contended(r) != "yes"]
     stats = ["mean ± sd (min)", "", _fmt(cols["AP"]), _fmt(cols["AP50"]), *[_fmt(cols[f"AP {c}"]) for c in classes],
-             _fmt([cols["s to AP50 0.8"][i] for i in uncontended]), _fmt([cols["training s"][i] for i in uncontended]),
+             _fmt([cols["s to AP50 0.8"][i] for i in uncontended], 0), _fmt([cols["training s"][i] for i in uncontended], 0),
              f"{sum(_contended(r) == 'yes' for r in records)} of {len(records)}"]
     lines.append("| " + " | ".join(stats) + " |")
     lines.append("")
     lines.append("Times: runs not marked contended. AP and AP50 on the validation split (COCO, pycocotools).")
+    return "\n".join(lines)
+
+
+def ablation(dirs: list[Path], seeds: list[int]) -> str:
+    """One row per sweep folder over the given seeds: overrides, AP50 and AP mean ± sd (min),
+    Platelets AP, training s and s to AP50 0.8 (uncontended runs only), how many reached AP50 0.8."""
+    head = ["recipe", "overrides", "seeds", "AP50", "AP", "AP Platelets", "training s", "s to AP50 0.8",
+            "reached AP50 0.8", "contended"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for d in dirs:
+        records = [json.loads(p.read_text()) for p in sorted(d.glob("seed*.json"))]
+        records = [r for r in records if r["seed"] in seeds]
+        if not records:
+            lines.append(f"| {d.name} | no runs for seeds {seeds} |" + " |" * (len(head) - 2))
+            continue
+        met = [r["metrics_json"].get("metrics", {}) for r in records]
+        free = [r for r in records if _contended(r) != "yes"]
+        reached = [r["s_to_AP50_0.8"] for r in free]
+        lines.append("| " + " | ".join([
+            d.name, ", ".join(records[0]["overrides"]) or "none", " ".join(str(r["seed"]) for r in records),
+            _fmt([m.get("AP50") for m in met]), _fmt([m.get("AP") for m in met]),
+            _fmt([m.get("per_class_AP", {}).get("Platelets") for m in met]),
+            _fmt([r["metrics_json"].get("timing_s", {}).get("training") for r in free], 0),
+            _fmt([v for v in reached if v is not None], 0),
+            f"{sum(1 for m in met if (m.get('AP50') or 0) >= 0.8)} of {len(records)}",
+            f"{len(records) - len(free)} of {len(records)}"]) + " |")
+    lines += ["", "mean ± sd (min) over the seeds; times over runs not marked contended; s to AP50 0.8 over the "
+              "runs that reached it."]
     return "\n".join(lines)
 
 
@@ -145,8 +174,12 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a parameter in every run")
     ap.add_argument("--out", help="folder for the per-seed JSON (default bench/logs/demo_seeds/<name>)")
     ap.add_argument("--summary", metavar="DIR", help="only print the table of an earlier sweep")
+    ap.add_argument("--ablation", nargs="+", metavar="DIR", help="only print one row per earlier sweep (over --seeds)")
     ap.add_argument("--quick", action="store_true", help="smoke mode: params/smoke.yaml, one seed, a temporary folder")
     args = ap.parse_args(argv)
+    if args.ablation:
+        print(ablation([Path(d) for d in args.ablation], args.seeds))
+        return 0
     if args.summary:
         print(summary(Path(args.summary)))
         return 0

@@ -44,3 +44,26 @@ def test_demo_seeds_quick_mode_records_each_seed(tmp_path):
     assert record["status"] == "ok" and record["metrics_json"]["params"]["seed"] == 0
     assert [e["epoch"] for e in record["epoch_log"]] == [1] and record["epoch_log"][0]["seconds"] > 0
     assert "| 0 | ok |" in out.stdout and "mean ± sd (min)" in out.stdout
+    table = subprocess.run([sys.executable, str(ROOT / "bench" / "demo_seeds.py"), "--ablation", str(tmp_path), "--seeds", "0"],
+                           capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert table.returncode == 0, table.stderr[-2000:]
+    assert f"| {tmp_path.name} | none | 0 |" in table.stdout
+
+
+def test_step_speed_quick_mode_measures_each_variant_in_its_own_process():
+    variants = ["default", "fpn_lab", "channels_last"]
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "step_speed.py"), "--quick", "--variants", ",".join(variants)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line.split("|")[1].strip() for line in out.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[1:] == variants
+
+
+def test_ultralytics_bench_quick_mode_runs_offline():
+    pkgs = ROOT / "bench" / ".ultralytics-pkgs"
+    if not (pkgs / "ultralytics").is_dir():
+        pytest.skip("Ultralytics is not installed for the bench (optional; see bench/ultralytics_yolo.py for the command)")
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "ultralytics_yolo.py"), "--quick"], capture_output=True,
+                         text=True, cwd=ROOT, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "| YOLO11n" in out.stdout
