@@ -1,4 +1,5 @@
-"""How many CPU threads a run computes with: the cores this process may use, not the machine's count.
+"""How many CPU threads a run computes with: the cores this process may use and nobody else keeps
+busy, not the machine's count.
 
 ``os.cpu_count()`` counts the machine's cores; a container limited by a CPU quota, or a process
 pinned with ``taskset``, may use fewer, and torch's OpenMP pool sized to the machine then has
@@ -10,12 +11,15 @@ from __future__ import annotations
 
 import math
 import os
+import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 from fpn_lab.errors import ParamsError
 
 _CGROUP = Path("/sys/fs/cgroup")
+BUSY_SHARE = 0.7  # a CPU other processes keep busier than this while we sleep counts as taken
 
 
 def _cgroup_paths() -> dict[str, str]:
@@ -76,38 +80,103 @@ def usable_cores() -> int:
     return max(1, n)
 
 
-def resolve_num_threads(num_threads: int = 0) -> int:
-    """``0`` -> ``OMP_NUM_THREADS`` when it is set to a positive int (the usual way to limit a
-    process, which ``fpn-lab batch --jobs`` uses), else :func:`usable_cores`; a positive int -> itself.
+def _cpu_times() -> dict[int, tuple[float, float]]:
+    """``{cpu: (busy ticks, all ticks)}`` per CPU from ``/proc/stat`` (busy = all but idle and
+    iowait); ``{}`` where it cannot be read (not Linux)."""
+    out = {}
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit():
+            v = [float(x) for x in fields[:8]]
+            out[int(name[3:])] = (sum(v) - v[3] - (v[4] if len(v) > 4 else 0.0), sum(v))
+    return out
+
+
+def busy_cores(window: float = 1.0, threshold: float = BUSY_SHARE) -> int | None:
+    """How many of this process's CPUs (its affinity) other processes keep busy: the CPUs more
+    than ``threshold`` busy over ``window`` seconds while this process sleeps (``/proc/stat``
+    per-CPU counters). ``None`` where the counters cannot be read."""
+    try:
+        cpus = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        return None
+    before = _cpu_times()
+    time.sleep(window)
+    after = _cpu_times()
+    if not before or not after:
+        return None
+    busy = 0
+    for c in cpus:
+        if c in before and c in after:
+            d_busy, d_all = after[c][0] - before[c][0], after[c][1] - before[c][1]
+            busy += d_all > 0 and d_busy / d_all > threshold
+    return busy
+
+
+@dataclass(frozen=True)
+class ThreadChoice:
+    """What :func:`configure_threads` set: ``count`` torch threads, and why (``reason``)."""
+
+    count: int
+    reason: str
+
+
+def resolve_num_threads(num_threads: int = 0) -> ThreadChoice:
+    """The thread count a run should use.
+
+    ``0`` (automatic): ``OMP_NUM_THREADS`` when it is set to a positive int (the usual way to
+    limit a process, which ``fpn-lab batch --jobs`` uses); else the cores this process may use
+    (:func:`usable_cores`) less those other processes keep busy right now (:func:`busy_cores`,
+    one second of sampling), at least 1. An OpenMP pool with a thread on a core another process
+    holds waits for that thread at every parallel region: a YOLOX-tiny training step on 2 cores
+    with one busy took 3.1 s at 2 threads and 1.65 s at 1 (0.85 s at 2 threads on an idle
+    machine; ``bench/step_speed.py``, ``bench/RESULTS.md`` section 8). The count is chosen once,
+    at the start: load that starts later is not followed (the same seed gives the same numbers
+    only at the same thread count, which ``metrics.json`` records).
+    A positive int is used as given.
 
     Raises:
         ParamsError: anything else (negative, a float, a string, a bool).
     """
     if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 0:
-        raise ParamsError(f"num_threads must be 0 (the cores this process may use: {usable_cores()} here) or a "
-                          f"positive integer; got {num_threads!r}.")
+        raise ParamsError(f"num_threads must be 0 (automatic: the cores this process may use, less busy ones; "
+                          f"{usable_cores()} usable here) or a positive integer; got {num_threads!r}.")
     if num_threads:
-        return num_threads
+        return ThreadChoice(num_threads, "num_threads as given")
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
-    return int(env) if env.isdigit() and int(env) > 0 else usable_cores()
+    if env.isdigit() and int(env) > 0:
+        return ThreadChoice(int(env), "OMP_NUM_THREADS")
+    usable = usable_cores()
+    busy = busy_cores() if usable > 1 else None
+    if busy:
+        n = max(1, usable - busy)
+        return ThreadChoice(n, f"{usable} usable cores, {busy} kept busy by other processes")
+    return ThreadChoice(usable, f"{usable} usable cores (CPU affinity and cgroup quota)")
 
 
-def configure_threads(num_threads: int = 0) -> int:
-    """Set torch's intra-op thread count for this process and return it.
+def configure_threads(num_threads: int = 0) -> ThreadChoice:
+    """Set torch's intra-op thread count for this process (:func:`resolve_num_threads`) and
+    return the :class:`ThreadChoice`.
 
     Args:
-        num_threads: ``0`` (automatic: :func:`resolve_num_threads`) or a positive int. More threads than usable cores is allowed with a warning: it makes every
-            parallel region wait for a thread the scheduler has parked.
+        num_threads: ``0`` (automatic) or a positive int. More threads than usable cores is
+            allowed with a warning: every parallel region would wait for a thread the scheduler
+            has parked.
 
     Raises:
         ParamsError: ``num_threads`` is negative or not an int.
     """
     import torch
 
-    n = resolve_num_threads(num_threads)
+    choice = resolve_num_threads(num_threads)
     usable = usable_cores()
-    if n > usable:
-        warnings.warn(f"num_threads {n} is more than the {usable} cores this process may use (CPU affinity and "
-                      "cgroup quota): threads will wait for each other; use num_threads=0 (automatic).", stacklevel=2)
-    torch.set_num_threads(n)
-    return n
+    if choice.count > usable:
+        warnings.warn(f"num_threads {choice.count} is more than the {usable} cores this process may use (CPU "
+                      "affinity and cgroup quota): threads will wait for each other; use num_threads=0 (automatic).",
+                      stacklevel=2)
+    torch.set_num_threads(choice.count)
+    return choice

@@ -52,11 +52,40 @@ def test_affinity_counts_when_there_is_no_quota(fake_cgroup, monkeypatch):
 
 def test_zero_means_omp_num_threads_else_usable_cores(monkeypatch):
     monkeypatch.setattr(threads, "usable_cores", lambda: 6)
+    monkeypatch.setattr(threads, "busy_cores", lambda: 0)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert threads.resolve_num_threads(0) == 6
+    assert threads.resolve_num_threads(0).count == 6
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what `fpn-lab batch --jobs 2` gives each run on two cores
-    assert threads.resolve_num_threads(0) == 1
-    assert threads.resolve_num_threads(3) == 3
+    assert threads.resolve_num_threads(0) == threads.ThreadChoice(1, "OMP_NUM_THREADS")
+    assert threads.resolve_num_threads(3).count == 3
+
+
+def _stat_sequence(monkeypatch, samples):
+    """Make _cpu_times return the given per-CPU (busy, all) samples in turn, and sleeping free."""
+    it = iter(samples)
+    monkeypatch.setattr(threads, "_cpu_times", lambda: next(it))
+    monkeypatch.setattr(threads.time, "sleep", lambda s: None)
+
+
+def test_cores_other_processes_keep_busy_are_left_to_them(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1})
+    # cpu0 95 % busy (another notebook's kernel), cpu1 3 % busy; cpu2 is outside our affinity
+    _stat_sequence(monkeypatch, [{0: (0, 0), 1: (0, 0), 2: (0, 0)}, {0: (95, 100), 1: (3, 100), 2: (100, 100)}])
+    choice = threads.resolve_num_threads(0)
+    assert choice.count == 1 and "1 kept busy" in choice.reason
+    _stat_sequence(monkeypatch, [{0: (0, 0), 1: (0, 0)}, {0: (30, 100), 1: (3, 100)}])  # a short spike is not a taken core
+    assert threads.resolve_num_threads(0).count == 2
+    _stat_sequence(monkeypatch, [{0: (0, 0), 1: (0, 0)}, {0: (99, 100), 1: (99, 100)}])  # never fewer than one
+    assert threads.resolve_num_threads(0).count == 1
+
+
+def test_busy_cores_reads_proc_stat_per_cpu():
+    if not threads._cpu_times():
+        pytest.skip("no /proc/stat on this platform")
+    n = threads.busy_cores(window=0.05)
+    assert n is not None and 0 <= n <= len(threads.os.sched_getaffinity(0))
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, "auto", "2", True, None])
@@ -69,8 +98,8 @@ def test_configure_sets_torch_and_warns_beyond_the_usable_cores(monkeypatch):
     before = torch.get_num_threads()
     monkeypatch.setattr(threads, "usable_cores", lambda: 1)
     try:
-        assert threads.configure_threads(1) == 1 and torch.get_num_threads() == 1
+        assert threads.configure_threads(1).count == 1 and torch.get_num_threads() == 1
         with pytest.warns(UserWarning, match="more than the 1 cores"):
-            assert threads.configure_threads(2) == 2
+            assert threads.configure_threads(2).count == 2
     finally:
         torch.set_num_threads(before)
