@@ -123,7 +123,9 @@ def test_channels_last_placement_computes_the_same_losses_and_outputs(bccd_recor
     with torch.no_grad():
         nhwc = model(images, targets)
         feats = model.detector.extract_feat(model.preprocess(images, targets, training=False)[0])
+    assert model.preprocess(images, targets, training=False)[0].is_contiguous(memory_format=torch.channels_last)
     assert feats[0].is_contiguous(memory_format=torch.channels_last)  # the layout propagates through the network
     torch.testing.assert_close(nhwc["loss"], nchw["loss"], rtol=1e-4, atol=1e-4)
     place_model(model, "cpu", channels_last=False)
     assert model.detector.backbone.stem.conv.conv.weight.is_contiguous()
+    assert model.preprocess(images, targets, training=False)[0].is_contiguous()

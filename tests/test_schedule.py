@@ -66,10 +66,11 @@ def test_lr_find_is_not_switched(fridge):
     assert seen.rows and {t for _, t, _, _ in seen.rows} == {Augment}
 
 
-def test_worker_processes_are_refused_at_the_switch(fridge):
-    learn, _ = _learner(fridge, no_aug_epochs=1, num_workers=1)
+def test_worker_processes_are_refused_before_any_epoch_trains(fridge):
+    learn, seen = _learner(fridge, no_aug_epochs=1, num_workers=1)
     with learn.no_bar(), learn.no_logging(), pytest.raises(ParamsError, match="num_workers = 0"):
-        learn.fit(1, 1e-3)
+        learn.fit(3, 1e-3)
+    assert getattr(seen, "rows", []) == []
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.0, True])

@@ -24,7 +24,7 @@ class LastEpochsSwitch(Callback):
             augmentation switch applies to every head).
 
     Raises:
-        ParamsError: ``num_epochs`` < 1 or not an int; at the switch, a training loader with worker
+        ParamsError: ``num_epochs`` < 1 or not an int; when a fit starts, a training loader with worker
             processes (they keep their own copy of the dataset, so the switch could not reach
             them: use ``num_workers = 0``), or a training dataset without augmentation to remove.
     """
@@ -39,12 +39,10 @@ class LastEpochsSwitch(Callback):
 
     def before_fit(self):
         self._restore()  # a previous fit that raised never reached after_fit
+        if not hasattr(self.learn, "lr_finder"):
+            self._check()  # before any epoch trains, not at the switch
 
-    def before_epoch(self):
-        if hasattr(self.learn, "lr_finder") or self._saved is not None:
-            return
-        if self.epoch < self.n_epoch - self.num_epochs:
-            return
+    def _check(self):
         from fpn_lab.data.transforms import Augment
 
         dl = self.learn.dls.train
@@ -56,6 +54,13 @@ class LastEpochsSwitch(Callback):
         if not isinstance(getattr(ds, "tfms", None), Augment):
             raise ParamsError(f"the last-epochs switch turns augmentation off, but the training dataset's transform is "
                               f"{type(getattr(ds, 'tfms', None)).__name__}, not aug_tfms(...): nothing to switch off.")
+
+    def before_epoch(self):
+        if hasattr(self.learn, "lr_finder") or self._saved is not None:
+            return
+        if self.epoch < self.n_epoch - self.num_epochs:
+            return
+        ds = self.learn.dls.train.dataset
         head = self.learn.model.detector.bbox_head
         self._saved = (ds, ds.tfms, getattr(head, "use_l1", None))
         ds.tfms = ds.tfms.letterbox

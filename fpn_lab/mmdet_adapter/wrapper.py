@@ -115,6 +115,7 @@ class MMDetModel(nn.Module):
     def __init__(self, detector: nn.Module, preset, cfg):
         super().__init__()
         self.detector, self.preset, self.cfg = detector, preset, cfg
+        self.channels_last = False  # set by fpn_lab.models.build.place_model: inputs then go in NHWC too
 
     @property
     def recipe(self):
@@ -172,7 +173,10 @@ class MMDetModel(nn.Module):
         bgr = images.flip(1)
         data = self.detector.data_preprocessor({"inputs": bgr, "data_samples": self._samples(images, targets)},
                                                training=training)
-        return data["inputs"], data["data_samples"]
+        inputs = data["inputs"]
+        if self.channels_last:  # NHWC weights compute fastest on NHWC inputs (bench/step_speed.py)
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        return inputs, data["data_samples"]
 
     def _loss(self, images, targets, training: bool) -> dict:
         inputs, samples = self.preprocess(images, targets, training)

@@ -115,13 +115,16 @@ def place_model(model, device: str = "cpu", *, channels_last: bool = True):
     """Move ``model`` to ``device`` with its 4-D weights in channels-last (NHWC) or the default
     (NCHW) memory layout; returns the model (moved in place, as ``nn.Module.to``).
 
-    A convolution whose weight is channels-last computes and returns channels-last tensors, so
-    the whole backbone, neck and head then run in NHWC: on this project's 2-core CPU a YOLOX-tiny
-    training step (batch 8, 320 px) took about 20 % less time (``bench/step_speed.py``,
-    ``bench/RESULTS.md``). Numbers differ from NCHW only by float rounding; a model and its
-    reloaded copy compare exactly only when placed alike.
+    With ``channels_last`` the model's preprocessing also hands the network NHWC inputs
+    (``MMDetModel.channels_last``), so the backbone, neck and head run in NHWC: on this project's
+    2-core CPU a YOLOX-tiny training step (batch 8, 320 px) took 12 % less time than NCHW (8 % with
+    the weights alone; ``bench/step_speed.py``, interleaved, ``bench/RESULTS.md`` section 8).
+    Numbers differ from NCHW only by float rounding; a model and its reloaded copy compare exactly
+    only when placed alike.
     """
     import torch
 
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return model.to(device, memory_format=fmt)
+    model = model.to(device, memory_format=fmt)
+    model.channels_last = bool(channels_last)
+    return model
