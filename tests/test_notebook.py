@@ -36,6 +36,8 @@ def test_smoke_run_writes_every_artefact(tmp_path):
     assert not re.search(r"""(src|href)=["']https?://""", html)  # no script or style fetched from a CDN
     first = json.loads((run_dir / "getting_started.ipynb").read_text())["cells"][0]
     assert first["metadata"]["tags"] == ["fpn-lab-summary"] and "yolox_tiny_pafpn_300e" in "".join(first["source"])
+    threads = metrics["threads"]  # how many threads the run used, and why, in metrics.json and the summary
+    assert threads["count"] >= 1 and threads["reason"] and f"| torch threads | {threads['count']} (" in "".join(first["source"])
     assert (run_dir / "model.pth").exists() and (run_dir / "run.log").stat().st_size > 0
     again, ok2 = run_notebook(ROOT / "params" / "smoke.yaml", runs_dir=tmp_path, echo=False,
                               overrides={"run_name": run_dir.name, "epochs": 1, "lr_find_iters": 0})

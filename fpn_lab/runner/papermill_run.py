@@ -111,10 +111,13 @@ def add_summary_cell(notebook: Path, metrics: dict) -> None:
              "| | |", "| --- | --- |",
              f"| preset | `{metrics.get('preset', p.get('selection', '?'))}` |",
              f"| AP@[.5:.95] / AP50 | {fmt(m.get('AP'))} / {fmt(m.get('AP50'))} |"]
-    for key in ("data_dir", "data_format", "split", "image_size", "batch_size", "epochs", "lr", "opt", "ema", "seed",
-                "neck", "pretrained", "weights"):
+    for key in ("data_dir", "data_format", "split", "image_size", "batch_size", "epochs", "lr", "one_cycle", "opt", "ema",
+                "no_aug_epochs", "seed", "neck", "pretrained", "weights", "channels_last"):
         if key in p:
             lines.append(f"| {key} | `{p[key]!r}` |")
+    threads = metrics.get("threads")
+    if isinstance(threads, dict):
+        lines.append(f"| torch threads | {threads.get('count')} ({threads.get('reason')}) |")
     if t:
         lines.append("| time (s) | " + ", ".join(f"{k} {v}" for k, v in t.items()) + " |")
     if metrics.get("peak_rss_mb"):
