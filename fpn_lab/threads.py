@@ -125,6 +125,13 @@ class ThreadChoice:
     reason: str
 
 
+def check_num_threads(num_threads) -> None:
+    """Raise :class:`ParamsError` unless ``num_threads`` is 0 (automatic) or a positive int."""
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 0:
+        raise ParamsError(f"num_threads must be 0 (automatic: the cores this process may use, less busy ones; "
+                          f"{usable_cores()} usable here) or a positive integer; got {num_threads!r}.")
+
+
 def resolve_num_threads(num_threads: int = 0) -> ThreadChoice:
     """The thread count a run should use.
 
@@ -142,9 +149,7 @@ def resolve_num_threads(num_threads: int = 0) -> ThreadChoice:
     Raises:
         ParamsError: anything else (negative, a float, a string, a bool).
     """
-    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 0:
-        raise ParamsError(f"num_threads must be 0 (automatic: the cores this process may use, less busy ones; "
-                          f"{usable_cores()} usable here) or a positive integer; got {num_threads!r}.")
+    check_num_threads(num_threads)
     if num_threads:
         return ThreadChoice(num_threads, "num_threads as given")
     env = os.environ.get("OMP_NUM_THREADS", "").strip()

@@ -19,6 +19,7 @@ from fpn_lab.learner.callbacks import ImageAvgLoss, MMDetCallback, NonFiniteLoss
 from fpn_lab.learner.ema import WeightEMA
 from fpn_lab.learner.metrics import coco_metrics
 from fpn_lab.learner.mode_switch import LastEpochsSwitch
+from fpn_lab.learner.schedule import check_one_cycle
 from fpn_lab.learner.optim import FusedAdam, FusedSGD
 from fpn_lab.models.build import check_num_classes
 
@@ -89,10 +90,6 @@ def make_learner(dls, model, class_map, *, opt: str = "adam", wd: float = 0.01, 
     return learn
 
 
-#: fastai ``fit_one_cycle`` arguments a run may set, with their fastai defaults and the open range allowed.
-ONE_CYCLE_ARGS = {"pct_start": (0.25, 0.0, 1.0), "div": (25.0, 1.0, None), "div_final": (1e5, 1.0, None)}
-
-
 def train(learn: Learner, epochs: int, lr: float, *, fine_tune: bool = False, one_cycle: dict | None = None) -> None:
     """Train as the notebook does: fastai's one-cycle schedule from scratch, ``fine_tune`` (one
     frozen epoch, then all layers) from pretrained or given weights.
@@ -106,24 +103,14 @@ def train(learn: Learner, epochs: int, lr: float, *, fine_tune: bool = False, on
             Smith, "Super-Convergence" (2018), via fastai's ``fit_one_cycle``.
 
     Raises:
-        ParamsError: ``epochs`` < 1, ``lr`` <= 0, an unknown ``one_cycle`` key or a value out of
-            range (``0 < pct_start < 1``, ``div`` and ``div_final`` >= 1).
+        ParamsError: ``epochs`` < 1, ``lr`` <= 0, or a bad ``one_cycle``
+            (:func:`~fpn_lab.learner.schedule.check_one_cycle`).
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ParamsError(f"epochs must be a positive int; got {epochs!r}.")
     if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
         raise ParamsError(f"lr must be a positive number; got {lr!r}.")
-    one_cycle = dict(one_cycle or {})
-    for key, value in one_cycle.items():
-        if key not in ONE_CYCLE_ARGS:
-            raise ParamsError(f"one_cycle: unknown argument {key!r}; allowed: {sorted(ONE_CYCLE_ARGS)} "
-                              "(fastai fit_one_cycle's schedule shape).")
-        _, low, high = ONE_CYCLE_ARGS[key]
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
-            low < value < high if high is not None else value >= low)
-        if not ok:
-            bound = f"between {low} and {high} (exclusive)" if high is not None else f">= {low}"
-            raise ParamsError(f"one_cycle: {key} must be a number {bound}; got {value!r}.")
+    one_cycle = check_one_cycle(one_cycle)
     if fine_tune:
         learn.fine_tune(epochs, lr, freeze_epochs=1, **one_cycle)
     else:

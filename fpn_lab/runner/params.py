@@ -184,6 +184,16 @@ def _check_values(params: dict) -> None:
             Letterbox(params["image_size"])
     except FpnLabError as e:
         raise ParamsError(str(e)) from None
+    from fpn_lab.learner.schedule import check_one_cycle
+    from fpn_lab.threads import check_num_threads
+
+    if "num_threads" in params:
+        check_num_threads(params["num_threads"])
+    if "one_cycle" in params:
+        check_one_cycle(params["one_cycle"])
+    if isinstance(params.get("no_aug_epochs"), int) and params["no_aug_epochs"] < 0:
+        raise ParamsError(f"no_aug_epochs: {params['no_aug_epochs']} must be >= 0 (0: off; N: the last N epochs "
+                          "without augmentation).")
     opts = ("adam", "sgd", "recipe")
     if "opt" in params and params["opt"] not in opts:
         raise ParamsError(f"opt: {params['opt']!r} is not one of {list(opts)}.")
