@@ -30,19 +30,19 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 LOGS = ROOT / "bench" / "logs" / "demo_seeds"
 EPOCH_LINE = re.compile(r"fpn_lab\.progress: (?:fit \d+, )?epoch (\d+)/(\d+): .*?AP50 ([0-9.na]+), ([0-9.]+) s")
 CONTENDED_SHARE = 0.10  # share of all cores' time used by other processes above which a run was contended
 
 
 def _busy_seconds() -> float | None:
-    """CPU seconds all cores spent busy since boot (``/proc/stat``), or ``None`` off Linux."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    except (OSError, ValueError, IndexError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds all cores spent busy since boot (``/proc/stat``, via
+    :func:`fpn_lab.threads.cpu_times`), or ``None`` off Linux."""
+    from fpn_lab.threads import cpu_times
+
+    ticks = cpu_times()
+    return sum(busy for busy, _ in ticks.values()) / os.sysconf("SC_CLK_TCK") if ticks else None
 
 
 def epoch_log(run_log: Path) -> list[dict]:

@@ -80,7 +80,7 @@ def usable_cores() -> int:
     return max(1, n)
 
 
-def _cpu_times() -> dict[int, tuple[float, float]]:
+def cpu_times() -> dict[int, tuple[float, float]]:
     """``{cpu: (busy ticks, all ticks)}`` per CPU from ``/proc/stat`` (busy = all but idle and
     iowait); ``{}`` where it cannot be read (not Linux)."""
     out = {}
@@ -104,9 +104,9 @@ def busy_cores(window: float = 1.0, threshold: float = BUSY_SHARE) -> int | None
         cpus = os.sched_getaffinity(0)
     except (AttributeError, OSError):
         return None
-    before = _cpu_times()
+    before = cpu_times()
     time.sleep(window)
-    after = _cpu_times()
+    after = cpu_times()
     if not before or not after:
         return None
     busy = 0

@@ -61,9 +61,9 @@ def test_zero_means_omp_num_threads_else_usable_cores(monkeypatch):
 
 
 def _stat_sequence(monkeypatch, samples):
-    """Make _cpu_times return the given per-CPU (busy, all) samples in turn, and sleeping free."""
+    """Make cpu_times return the given per-CPU (busy, all) samples in turn, and sleeping free."""
     it = iter(samples)
-    monkeypatch.setattr(threads, "_cpu_times", lambda: next(it))
+    monkeypatch.setattr(threads, "cpu_times", lambda: next(it))
     monkeypatch.setattr(threads.time, "sleep", lambda s: None)
 
 
@@ -82,7 +82,7 @@ def test_cores_other_processes_keep_busy_are_left_to_them(monkeypatch):
 
 
 def test_busy_cores_reads_proc_stat_per_cpu():
-    if not threads._cpu_times():
+    if not threads.cpu_times():
         pytest.skip("no /proc/stat on this platform")
     n = threads.busy_cores(window=0.05)
     assert n is not None and 0 <= n <= len(threads.os.sched_getaffinity(0))
