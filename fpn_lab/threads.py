@@ -96,25 +96,28 @@ def cpu_times() -> dict[int, tuple[float, float]]:
     return out
 
 
-def busy_cores(window: float = 1.0, threshold: float = BUSY_SHARE) -> int | None:
+def busy_cores(window: float = 0.5, samples: int = 4, threshold: float = BUSY_SHARE) -> int | None:
     """How many of this process's CPUs (its affinity) other processes keep busy: the CPUs more
-    than ``threshold`` busy over ``window`` seconds while this process sleeps (``/proc/stat``
-    per-CPU counters). ``None`` where the counters cannot be read."""
+    than ``threshold`` busy in every one of ``samples`` consecutive ``window``-second intervals
+    while this process sleeps (``/proc/stat`` per-CPU counters; 2 s by default), so a command
+    that runs for a second or two does not count, a training in another notebook does.
+    ``None`` where the counters cannot be read."""
     try:
         cpus = os.sched_getaffinity(0)
     except (AttributeError, OSError):
         return None
-    before = cpu_times()
-    time.sleep(window)
-    after = cpu_times()
-    if not before or not after:
+    ticks = [cpu_times()]
+    for _ in range(samples):
+        time.sleep(window)
+        ticks.append(cpu_times())
+    if not all(ticks):
         return None
-    busy = 0
-    for c in cpus:
-        if c in before and c in after:
-            d_busy, d_all = after[c][0] - before[c][0], after[c][1] - before[c][1]
-            busy += d_all > 0 and d_busy / d_all > threshold
-    return busy
+
+    def busy_in(before, after, c):
+        d_busy, d_all = after[c][0] - before[c][0], after[c][1] - before[c][1]
+        return d_all > 0 and d_busy / d_all > threshold
+
+    return sum(all(c in a and c in b and busy_in(a, b, c) for a, b in zip(ticks, ticks[1:])) for c in cpus)
 
 
 @dataclass(frozen=True)
@@ -138,7 +141,7 @@ def resolve_num_threads(num_threads: int = 0) -> ThreadChoice:
     ``0`` (automatic): ``OMP_NUM_THREADS`` when it is set to a positive int (the usual way to
     limit a process, which ``fpn-lab batch --jobs`` uses); else the cores this process may use
     (:func:`usable_cores`) less those other processes keep busy right now (:func:`busy_cores`,
-    one second of sampling), at least 1. An OpenMP pool with a thread on a core another process
+    two seconds of sampling), at least 1. An OpenMP pool with a thread on a core another process
     holds waits for that thread at every parallel region: a YOLOX-tiny training step on 2 cores
     with one busy took 3.1 s at 2 threads and 1.65 s at 1 (0.85 s at 2 threads on an idle
     machine; ``bench/step_speed.py``, ``bench/RESULTS.md`` section 8). The count is chosen once,

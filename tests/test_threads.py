@@ -67,24 +67,34 @@ def _stat_sequence(monkeypatch, samples):
     monkeypatch.setattr(threads.time, "sleep", lambda s: None)
 
 
+def _ticks(*shares):
+    """Cumulative per-CPU (busy, all) counters: one sample per interval of 100 ticks with the given busy shares."""
+    out, acc = [{c: (0, 0) for c in range(len(shares[0]))}], [0] * len(shares[0])
+    for row in shares:
+        acc = [a + 100 * x for a, x in zip(acc, row)]
+        out.append({c: (acc[c], 100 * len(out)) for c in range(len(row))})
+    return out
+
+
 def test_cores_other_processes_keep_busy_are_left_to_them(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(threads, "usable_cores", lambda: 2)
     monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1})
-    # cpu0 95 % busy (another notebook's kernel), cpu1 3 % busy; cpu2 is outside our affinity
-    _stat_sequence(monkeypatch, [{0: (0, 0), 1: (0, 0), 2: (0, 0)}, {0: (95, 100), 1: (3, 100), 2: (100, 100)}])
+    # cpu0 ~95 % busy throughout (another notebook's kernel), cpu1 idle; cpu2 is outside our affinity
+    _stat_sequence(monkeypatch, _ticks(*[(0.95, 0.03, 1.0)] * 4))
     choice = threads.resolve_num_threads(0)
     assert choice.count == 1 and "1 kept busy" in choice.reason
-    _stat_sequence(monkeypatch, [{0: (0, 0), 1: (0, 0)}, {0: (30, 100), 1: (3, 100)}])  # a short spike is not a taken core
+    # a command busy for part of the two seconds (or a short spike) does not take the core
+    _stat_sequence(monkeypatch, _ticks((1.0, 0.0), (1.0, 0.0), (0.9, 0.0), (0.1, 0.0)))
     assert threads.resolve_num_threads(0).count == 2
-    _stat_sequence(monkeypatch, [{0: (0, 0), 1: (0, 0)}, {0: (99, 100), 1: (99, 100)}])  # never fewer than one
+    _stat_sequence(monkeypatch, _ticks(*[(0.99, 0.99)] * 4))  # never fewer than one
     assert threads.resolve_num_threads(0).count == 1
 
 
 def test_busy_cores_reads_proc_stat_per_cpu():
     if not threads.cpu_times():
         pytest.skip("no /proc/stat on this platform")
-    n = threads.busy_cores(window=0.05)
+    n = threads.busy_cores(window=0.02, samples=2)
     assert n is not None and 0 <= n <= len(threads.os.sched_getaffinity(0))
 
 
