@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 import yaml
 
 from fpn_lab.errors import ModelError
+from fpn_lab.models import presets, registry
 from fpn_lab.models.registry import get_preset, list_models, register_model, selections
 
 ALL = list_models()
@@ -33,6 +35,23 @@ def test_unknown_index_and_name_are_clear_errors():
 def test_duplicate_registration_is_refused():
     with pytest.raises(ModelError, match="already registered"):
         register_model(get_preset("yolox_tiny_pafpn_300e"))
+    tiny = get_preset("yolox_tiny_pafpn_300e")
+    with pytest.raises(ModelError, match="'yolox.yolox_tiny_8x8' is already registered"):
+        register_model(dataclasses.replace(tiny, name="yolox_tiny2_pafpn_300e"))
+    with pytest.raises(ModelError, match="selection index 4 is already taken"):
+        register_model(dataclasses.replace(tiny, name="yolox_tiny2_pafpn_300e", aliases=(), selection=4))
+    assert "yolox_tiny2_pafpn_300e" not in list_models()  # a refused preset leaves nothing behind
+
+
+def test_a_duplicate_in_the_catalogue_fails_the_first_lookup(monkeypatch):
+    tiny = get_preset("yolox_tiny_pafpn_300e")
+    for table in ("_PRESETS", "_ALIASES", "_SELECTIONS"):
+        monkeypatch.setattr(registry, table, {})
+    monkeypatch.setattr(registry, "_loaded", False)
+    monkeypatch.setattr(presets, "PRESETS", (tiny, dataclasses.replace(tiny, aliases=())))
+    with pytest.raises(ModelError, match="'yolox_tiny_pafpn_300e' is already registered"):
+        list_models()
+    assert registry._PRESETS == {} and not registry._loaded  # the next lookup tries again
 
 
 def test_list_models_filters_with_fnmatch():

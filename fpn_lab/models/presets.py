@@ -3,20 +3,22 @@
 Each preset names an mmdet config shipped in the mmdet wheel (``mmdet/.mim/configs/...``) and
 carries its provenance: weights URL and COCO box AP from mmdet 3.3's ``metafile.yml`` for that
 config, the test input size, and the pixel convention of the config's ``DetDataPreprocessor``.
-``tests/test_presets.py`` checks these fields against the installed configs and metafiles.
+``tests/test_registry.py`` checks these fields against the installed configs and metafiles.
 
 Names are ``<arch>_<backbone>_<neck>_<schedule>``: mmdet's YOLOX uses a PAFPN neck
 (``YOLOXPAFPN``), VFNet and RetinaNet an FPN (VFNet: P3..P7 with extra convs on the FPN
 outputs; RetinaNet: P3..P7 with extra convs on the C5 input). IceVision's names
 (``<arch>.<backbone>``) are aliases, and IceVision's getting-started ``selection`` indices 0, 1
 and 4 map to the same models.
+
+This module is data only: :data:`PRESETS` is a tuple of frozen :class:`Preset` objects and
+nothing here imports the registry. :mod:`fpn_lab.models.registry` registers them, in one place,
+on the first lookup.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from fpn_lab.models.registry import register_model
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)  # RGB, 0..255; mmdet configs' DetDataPreprocessor
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -69,67 +71,81 @@ class Preset:
 
 P3_P7 = ("P3", "P4", "P5", "P6", "P7")
 P3_P5 = ("P3", "P4", "P5")
+_SCHEDULES = {"1x": "1x schedule", "2x": "2x schedule", "ms2x": "multi-scale 2x schedule"}
+_OPTIONS = {"mdconv": "+ DCNv2 in C3-C5"}
 
 
-def _vfnet(backbone, schedule, config, url, ap, alias, selection=None):
-    return register_model(Preset(
+def _backbone_label(backbone: str) -> str:
+    """``"r50"`` -> ``"ResNet-50"``; ``"x101-32x4d-mdconv"`` -> ``"ResNeXt-101 32x4d + DCNv2 in C3-C5"``."""
+    net, *options = backbone.split("-")
+    family = "ResNeXt" if net.startswith("x") else "ResNet"
+    return " ".join([f"{family}-{net[1:]}", *(_OPTIONS.get(o, o) for o in options)])
+
+
+def _vfnet(backbone, schedule, config, url, ap, alias, selection=None) -> Preset:
+    return Preset(
         f"vfnet_{backbone}_fpn_{schedule}", "vfnet", f"vfnet/{config}", "fpn", P3_P7, f"{OPENMMLAB}/vfnet/{url}", ap,
         (1333, 800), aliases=(f"vfnet.{alias}",), selection=selection,
-        description=f"VarifocalNet {backbone.upper()} + FPN (P3-P7), {schedule} schedule"))
+        description=f"VarifocalNet {_backbone_label(backbone)} + FPN (P3-P7), {_SCHEDULES[schedule]}")
 
 
-def _retinanet(backbone, schedule, config, url, ap, alias, selection=None):
-    return register_model(Preset(
+def _retinanet(backbone, schedule, config, url, ap, alias, selection=None) -> Preset:
+    return Preset(
         f"retinanet_{backbone}_fpn_{schedule}", "retinanet", f"retinanet/{config}", "fpn", P3_P7,
         f"{OPENMMLAB}/retinanet/{url}", ap, (1333, 800), aliases=(f"retinanet.{alias}",), selection=selection,
-        description=f"RetinaNet {backbone.upper()} + FPN (P3-P7), {schedule} schedule"))
+        description=f"RetinaNet {_backbone_label(backbone)} + FPN (P3-P7), {_SCHEDULES[schedule]}")
 
 
-def _yolox(size, config, url, ap, input_size, selection=None):
-    return register_model(Preset(
+def _yolox(size, config, url, ap, input_size, selection=None) -> Preset:
+    return Preset(
         f"yolox_{size}_pafpn_300e", "yolox", f"yolox/{config}", "pafpn", P3_P5, f"{OPENMMLAB}/yolox/{url}", ap,
         input_size, mean=None, std=None, bgr=True, pad_value=(114.0, 114.0, 114.0),
         aliases=(f"yolox.yolox_{size}_8x8",), selection=selection,
-        description=f"YOLOX-{size} CSPDarknet + PAFPN (P3-P5), 300-epoch recipe"))
+        description=f"YOLOX-{size} CSPDarknet + PAFPN (P3-P5), 300-epoch recipe")
 
 
-# --- VFNet (IceVision: models.mmdet.vfnet.backbones.*) ---------------------------------------
-_vfnet("r50", "1x", "vfnet_r50_fpn_1x_coco.py",
-       "vfnet_r50_fpn_1x_coco/vfnet_r50_fpn_1x_coco_20201027-38db6f58.pth", 41.6, "resnet50_fpn_1x")
-_vfnet("r50", "ms2x", "vfnet_r50_fpn_ms-2x_coco.py",
-       "vfnet_r50_fpn_mstrain_2x_coco/vfnet_r50_fpn_mstrain_2x_coco_20201027-7cc75bd2.pth", 44.8,
-       "resnet50_fpn_mstrain_2x", selection=0)
-_vfnet("r50-mdconv", "ms2x", "vfnet_r50-mdconv-c3-c5_fpn_ms-2x_coco.py",
-       "vfnet_r50_fpn_mdconv_c3-c5_mstrain_2x_coco/vfnet_r50_fpn_mdconv_c3-c5_mstrain_2x_coco_20201027pth-6879c318.pth",
-       48.0, "resnet50_fpn_mdconv_c3_c5_mstrain_2x")
-_vfnet("r101", "1x", "vfnet_r101_fpn_1x_coco.py",
-       "vfnet_r101_fpn_1x_coco/vfnet_r101_fpn_1x_coco_20201027pth-c831ece7.pth", 43.6, "resnet101_fpn_1x")
-_vfnet("r101", "ms2x", "vfnet_r101_fpn_ms-2x_coco.py",
-       "vfnet_r101_fpn_mstrain_2x_coco/vfnet_r101_fpn_mstrain_2x_coco_20201027pth-4a5d53f1.pth", 46.7,
-       "resnet101_fpn_mstrain_2x")
-_vfnet("r101-mdconv", "ms2x", "vfnet_r101-mdconv-c3-c5_fpn_ms-2x_coco.py",
-       "vfnet_r101_fpn_mdconv_c3-c5_mstrain_2x_coco/vfnet_r101_fpn_mdconv_c3-c5_mstrain_2x_coco_20201027pth-7729adb5.pth",
-       49.2, "resnet101_fpn_mdconv_c3_c5_mstrain_2x")
-
-# --- RetinaNet (IceVision: models.mmdet.retinanet.backbones.*) -------------------------------
-_retinanet("r18", "1x", "retinanet_r18_fpn_1x_coco.py",
-           "retinanet_r18_fpn_1x_coco/retinanet_r18_fpn_1x_coco_20220407_171055-614fd399.pth", 31.7, "resnet18_fpn_1x")
-_retinanet("r50", "1x", "retinanet_r50_fpn_1x_coco.py",
-           "retinanet_r50_fpn_1x_coco/retinanet_r50_fpn_1x_coco_20200130-c2398f9e.pth", 36.5, "resnet50_fpn_1x",
-           selection=1)
-_retinanet("r50", "2x", "retinanet_r50_fpn_2x_coco.py",
-           "retinanet_r50_fpn_2x_coco/retinanet_r50_fpn_2x_coco_20200131-fdb43119.pth", 37.4, "resnet50_fpn_2x")
-_retinanet("r101", "1x", "retinanet_r101_fpn_1x_coco.py",
-           "retinanet_r101_fpn_1x_coco/retinanet_r101_fpn_1x_coco_20200130-7a93545f.pth", 38.5, "resnet101_fpn_1x")
-_retinanet("r101", "2x", "retinanet_r101_fpn_2x_coco.py",
-           "retinanet_r101_fpn_2x_coco/retinanet_r101_fpn_2x_coco_20200131-5560aee8.pth", 38.9, "resnet101_fpn_2x")
-
-# --- YOLOX (IceVision: models.mmdet.yolox.backbones.*) ---------------------------------------
-_yolox("tiny", "yolox_tiny_8xb8-300e_coco.py",
-       "yolox_tiny_8x8_300e_coco/yolox_tiny_8x8_300e_coco_20211124_171234-b4047906.pth", 32.0, (416, 416))
-_yolox("s", "yolox_s_8xb8-300e_coco.py",
-       "yolox_s_8x8_300e_coco/yolox_s_8x8_300e_coco_20211121_095711-4592a793.pth", 40.5, (640, 640), selection=4)
-_yolox("l", "yolox_l_8xb8-300e_coco.py",
-       "yolox_l_8x8_300e_coco/yolox_l_8x8_300e_coco_20211126_140236-d3bd2b23.pth", 49.4, (640, 640))
-_yolox("x", "yolox_x_8xb8-300e_coco.py",
-       "yolox_x_8x8_300e_coco/yolox_x_8x8_300e_coco_20211126_140254-1ef88d67.pth", 50.9, (640, 640))
+PRESETS: tuple[Preset, ...] = (
+    # --- VFNet (IceVision: models.mmdet.vfnet.backbones.*) -----------------------------------
+    _vfnet("r50", "1x", "vfnet_r50_fpn_1x_coco.py",
+           "vfnet_r50_fpn_1x_coco/vfnet_r50_fpn_1x_coco_20201027-38db6f58.pth", 41.6, "resnet50_fpn_1x"),
+    _vfnet("r50", "ms2x", "vfnet_r50_fpn_ms-2x_coco.py",
+           "vfnet_r50_fpn_mstrain_2x_coco/vfnet_r50_fpn_mstrain_2x_coco_20201027-7cc75bd2.pth", 44.8,
+           "resnet50_fpn_mstrain_2x", selection=0),
+    _vfnet("r50-mdconv", "ms2x", "vfnet_r50-mdconv-c3-c5_fpn_ms-2x_coco.py",
+           "vfnet_r50_fpn_mdconv_c3-c5_mstrain_2x_coco/"
+           "vfnet_r50_fpn_mdconv_c3-c5_mstrain_2x_coco_20201027pth-6879c318.pth",
+           48.0, "resnet50_fpn_mdconv_c3_c5_mstrain_2x"),
+    _vfnet("r101", "1x", "vfnet_r101_fpn_1x_coco.py",
+           "vfnet_r101_fpn_1x_coco/vfnet_r101_fpn_1x_coco_20201027pth-c831ece7.pth", 43.6, "resnet101_fpn_1x"),
+    _vfnet("r101", "ms2x", "vfnet_r101_fpn_ms-2x_coco.py",
+           "vfnet_r101_fpn_mstrain_2x_coco/vfnet_r101_fpn_mstrain_2x_coco_20201027pth-4a5d53f1.pth", 46.7,
+           "resnet101_fpn_mstrain_2x"),
+    _vfnet("r101-mdconv", "ms2x", "vfnet_r101-mdconv-c3-c5_fpn_ms-2x_coco.py",
+           "vfnet_r101_fpn_mdconv_c3-c5_mstrain_2x_coco/"
+           "vfnet_r101_fpn_mdconv_c3-c5_mstrain_2x_coco_20201027pth-7729adb5.pth",
+           49.2, "resnet101_fpn_mdconv_c3_c5_mstrain_2x"),
+    # --- RetinaNet (IceVision: models.mmdet.retinanet.backbones.*) ---------------------------
+    _retinanet("r18", "1x", "retinanet_r18_fpn_1x_coco.py",
+               "retinanet_r18_fpn_1x_coco/retinanet_r18_fpn_1x_coco_20220407_171055-614fd399.pth", 31.7,
+               "resnet18_fpn_1x"),
+    _retinanet("r50", "1x", "retinanet_r50_fpn_1x_coco.py",
+               "retinanet_r50_fpn_1x_coco/retinanet_r50_fpn_1x_coco_20200130-c2398f9e.pth", 36.5, "resnet50_fpn_1x",
+               selection=1),
+    _retinanet("r50", "2x", "retinanet_r50_fpn_2x_coco.py",
+               "retinanet_r50_fpn_2x_coco/retinanet_r50_fpn_2x_coco_20200131-fdb43119.pth", 37.4, "resnet50_fpn_2x"),
+    _retinanet("r101", "1x", "retinanet_r101_fpn_1x_coco.py",
+               "retinanet_r101_fpn_1x_coco/retinanet_r101_fpn_1x_coco_20200130-7a93545f.pth", 38.5,
+               "resnet101_fpn_1x"),
+    _retinanet("r101", "2x", "retinanet_r101_fpn_2x_coco.py",
+               "retinanet_r101_fpn_2x_coco/retinanet_r101_fpn_2x_coco_20200131-5560aee8.pth", 38.9,
+               "resnet101_fpn_2x"),
+    # --- YOLOX (IceVision: models.mmdet.yolox.backbones.*) -----------------------------------
+    _yolox("tiny", "yolox_tiny_8xb8-300e_coco.py",
+           "yolox_tiny_8x8_300e_coco/yolox_tiny_8x8_300e_coco_20211124_171234-b4047906.pth", 32.0, (416, 416)),
+    _yolox("s", "yolox_s_8xb8-300e_coco.py",
+           "yolox_s_8x8_300e_coco/yolox_s_8x8_300e_coco_20211121_095711-4592a793.pth", 40.5, (640, 640), selection=4),
+    _yolox("l", "yolox_l_8xb8-300e_coco.py",
+           "yolox_l_8x8_300e_coco/yolox_l_8x8_300e_coco_20211126_140236-d3bd2b23.pth", 49.4, (640, 640)),
+    _yolox("x", "yolox_x_8xb8-300e_coco.py",
+           "yolox_x_8x8_300e_coco/yolox_x_8x8_300e_coco_20211126_140254-1ef88d67.pth", 50.9, (640, 640)),
+)

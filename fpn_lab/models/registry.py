@@ -1,5 +1,9 @@
 """One registry of model presets: register once, look up by name, alias or IceVision index.
 
+:mod:`fpn_lab.models.presets` is plain data (the tuple ``PRESETS``); this module is the one place
+that registers it, on the first lookup (:func:`_ensure_loaded`), so importing the presets never
+imports the registry and there is no import cycle.
+
 Anchors: ``torchvision.models._api`` (duplicate = error) and ``timm.list_models`` (fnmatch).
 """
 
@@ -9,11 +13,12 @@ import fnmatch
 
 from fpn_lab.errors import ModelError, did_you_mean
 
-_PRESETS: dict = {}
-_ALIASES: dict[str, str] = {}
+_PRESETS: dict = {}  # name -> Preset
+_ALIASES: dict[str, str] = {}  # alias -> name
 #: IceVision getting-started notebook's ``selection`` indices. Indices that name a model outside
 #: fpn_lab's scope map to a description used in the error message.
 _SELECTIONS: dict[int, str] = {}
+_loaded = False
 ICEVISION_OTHERS = {
     2: "mmdet Faster R-CNN resnet101_fpn_2x (two-stage)", 3: "mmdet SSD300 (no FPN)",
     5: "mmdet YOLOF r50_c5 (no FPN)", 6: "mmdet DETR r50 (no FPN)", 7: "mmdet Deformable DETR",
@@ -23,19 +28,48 @@ ICEVISION_OTHERS = {
 
 
 def register_model(preset):
-    """Add a :class:`~fpn_lab.models.presets.Preset`; a name, alias or selection index used twice is an error."""
+    """Add a :class:`~fpn_lab.models.presets.Preset` after the catalogue's own presets and return it.
+
+    Raises:
+        ModelError: its name or an alias is already a registered name or alias, or its
+            ``selection`` index is taken; nothing is registered then.
+    """
+    _ensure_loaded()
+    _add(preset)
+    return preset
+
+
+def _add(preset) -> None:
+    """Check every key of ``preset`` first, then insert it (so a refused preset leaves no trace)."""
     names = [preset.name, *preset.aliases]
-    for n in names:
-        if n in _PRESETS or n in _ALIASES:
-            raise ModelError(f"model name {n!r} is already registered (by {_ALIASES.get(n, n)!r}); names must be unique.")
+    for i, n in enumerate(names):
+        if n in _PRESETS or n in _ALIASES or n in names[:i]:
+            owner = _ALIASES.get(n, n if n in _PRESETS else preset.name)
+            raise ModelError(f"model name {n!r} is already registered (by {owner!r}); "
+                             "names and aliases must be unique.")
     if preset.selection is not None and preset.selection in _SELECTIONS:
         raise ModelError(f"selection index {preset.selection} is already taken by {_SELECTIONS[preset.selection]!r}.")
     _PRESETS[preset.name] = preset
-    for a in preset.aliases:
-        _ALIASES[a] = preset.name
+    _ALIASES.update((a, preset.name) for a in preset.aliases)
     if preset.selection is not None:
         _SELECTIONS[preset.selection] = preset.name
-    return preset
+
+
+def _ensure_loaded() -> None:
+    """Register :data:`fpn_lab.models.presets.PRESETS` once; a duplicate in it empties the registry and raises."""
+    global _loaded
+    if _loaded:
+        return
+    from fpn_lab.models.presets import PRESETS
+
+    try:
+        for preset in PRESETS:
+            _add(preset)
+    except ModelError:
+        for table in (_PRESETS, _ALIASES, _SELECTIONS):
+            table.clear()
+        raise
+    _loaded = True
 
 
 def list_models(include: str = "*", exclude: str | None = None) -> list[str]:
@@ -81,6 +115,3 @@ def selections() -> dict[int, str]:
     _ensure_loaded()
     return dict(sorted(_SELECTIONS.items()))
 
-
-def _ensure_loaded() -> None:
-    from fpn_lab.models import presets  # noqa: F401  (registers the catalogue on first use)
