@@ -13,7 +13,7 @@ import yaml
 
 from fpn_lab.errors import ModelError
 from fpn_lab.models import presets, registry
-from fpn_lab.models.registry import get_preset, list_models, register_model, selections
+from fpn_lab.models.registry import archs, get_preset, icevision_backbones, list_models, register_model, selections
 
 ALL = list_models()
 
@@ -52,6 +52,24 @@ def test_a_duplicate_in_the_catalogue_fails_the_first_lookup(monkeypatch):
     with pytest.raises(ModelError, match="'yolox_tiny_pafpn_300e' is already registered"):
         list_models()
     assert registry._PRESETS == {} and not registry._loaded  # the next lookup tries again
+
+
+def test_archs_are_the_registered_families():
+    assert archs() == sorted({get_preset(n).arch for n in ALL}) and archs()
+
+
+@pytest.mark.parametrize("arch", archs())
+def test_icevision_backbones_name_every_preset_of_the_arch(arch):
+    table = icevision_backbones(arch)
+    assert set(table.values()) == {n for n in ALL if get_preset(n).arch == arch}
+    for backbone, name in table.items():
+        assert f"{arch}.{backbone}" in get_preset(name).aliases and "." not in backbone
+        assert get_preset(f"{arch}.{backbone}").name == name
+
+
+def test_unknown_arch_is_a_clear_error():
+    with pytest.raises(ModelError, match=r"Did you mean 'retinanet'.*Registered archs: retinanet"):
+        icevision_backbones("retinanett")
 
 
 def test_list_models_filters_with_fnmatch():

@@ -115,3 +115,29 @@ def selections() -> dict[int, str]:
     _ensure_loaded()
     return dict(sorted(_SELECTIONS.items()))
 
+
+def archs() -> list[str]:
+    """The detector families registered, sorted: ``['retinanet', 'vfnet', 'yolox']``."""
+    _ensure_loaded()
+    return sorted({p.arch for p in _PRESETS.values()})
+
+
+def icevision_backbones(arch: str) -> dict[str, str]:
+    """IceVision backbone name -> preset name, for every preset of ``arch`` with an IceVision alias.
+
+    The backbone name is the alias after ``"<arch>."``, as IceVision's
+    ``models.mmdet.<arch>.backbones.<name>``; sorted by backbone name.
+
+    >>> icevision_backbones("vfnet")["resnet50_fpn_mstrain_2x"]
+    'vfnet_r50_fpn_ms2x'
+
+    Raises:
+        ModelError: ``arch`` is not one of :func:`archs`.
+    """
+    known = archs()
+    if arch not in known:
+        raise ModelError(f"unknown arch {arch!r}.{did_you_mean(str(arch), known)} "
+                         f"Registered archs: {', '.join(known)}.")
+    prefix = f"{arch}."
+    return {a[len(prefix):]: name for a, name in sorted(_ALIASES.items())
+            if a.startswith(prefix) and _PRESETS[name].arch == arch}
