@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import subprocess
 import sys
@@ -70,6 +71,21 @@ def test_icevision_backbones_name_every_preset_of_the_arch(arch):
 def test_unknown_arch_is_a_clear_error():
     with pytest.raises(ModelError, match=r"Did you mean 'retinanet'.*Registered archs: retinanet"):
         icevision_backbones("retinanett")
+
+
+def test_selection_table_lists_icevision_presets_first_indexed_by_name():
+    from fpn_lab.models.catalogue import selection_table
+
+    df = selection_table()
+    first = list(selections().values())
+    assert df.index.name == "preset" and "preset" not in df.columns
+    assert list(df.index) == first + sorted(set(ALL) - set(first))
+    assert list(df["selection"][: len(first)]) == list(selections())
+    assert all(s == "" for s in df["selection"][len(first):])
+    assert df.loc["yolox_s_pafpn_300e", "COCO box AP (mmdet)"] == get_preset("yolox_s_pafpn_300e").coco_box_ap
+    assert all(isinstance(v, float) and (math.isnan(v) or v > 0) for v in df["params (M)"])
+    rest = sorted(set(list_models("retinanet*")) - {"retinanet_r50_fpn_1x"})
+    assert list(selection_table("retinanet*").index) == ["retinanet_r50_fpn_1x", *rest]
 
 
 def test_list_models_filters_with_fnmatch():
