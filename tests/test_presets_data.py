@@ -25,3 +25,11 @@ def test_presets_are_frozen_and_unique():
     assert len(keys) == len(set(keys))
     with pytest.raises(dataclasses.FrozenInstanceError):
         PRESETS[0].name = "renamed"
+
+
+def test_caffe_presets_take_bgr_with_caffe_mean_and_pad_with_the_rgb_mean():
+    caffe = [p for p in PRESETS if "-caffe" in p.name]
+    assert caffe
+    for p in caffe:
+        assert p.bgr and p.std == (1.0, 1.0, 1.0)
+        assert p.mean[::-1] == p.pad_value  # the mean, in RGB order: 0 after normalisation

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)  # RGB, 0..255; mmdet configs' DetDataPreprocessor
 IMAGENET_STD = (58.395, 57.12, 57.375)
+CAFFE_MEAN = (103.53, 116.28, 123.675)  # BGR, 0..255; the ``*-caffe`` configs (std 1, no channel swap)
+CAFFE_STD = (1.0, 1.0, 1.0)
 OPENMMLAB = "https://download.openmmlab.com/mmdetection/v2.0"
 
 
@@ -38,11 +40,12 @@ class Preset:
         weights_url: COCO checkpoint from mmdet 3.3's metafile for this config.
         coco_box_ap: COCO val2017 box AP (%) that mmdet reports for those weights.
         input_size: (width, height) of mmdet's test ``Resize`` for this config.
-        mean, std: RGB normalisation of the config's data preprocessor, or ``None`` for raw 0..255.
+        mean, std: normalisation of the config's data preprocessor (0..255 scale) in the
+            network's channel order (RGB, or BGR when ``bgr``), or ``None`` for raw 0..255.
         bgr: True when the network takes BGR channel order (mmdet loads BGR and the
-            preprocessor does not swap: YOLOX).
-        pad_value: RGB fill of the letterbox (YOLOX: 114 as its ``Pad``; others: the mean, which
-            is 0 after normalisation as ``DetDataPreprocessor`` pads).
+            preprocessor does not swap: YOLOX and the ``*-caffe`` RetinaNets).
+        pad_value: RGB fill of the letterbox (YOLOX: 114 as its ``Pad``; others: the mean in RGB
+            order, which is 0 after normalisation as ``DetDataPreprocessor`` pads).
         aliases: IceVision names (``"retinanet.resnet50_fpn_1x"``).
         selection: IceVision getting-started index, or None.
         description: one line for the selection table.
@@ -72,7 +75,7 @@ class Preset:
 P3_P7 = ("P3", "P4", "P5", "P6", "P7")
 P3_P5 = ("P3", "P4", "P5")
 _SCHEDULES = {"1x": "1x schedule", "2x": "2x schedule", "ms2x": "multi-scale 2x schedule"}
-_OPTIONS = {"mdconv": "+ DCNv2 in C3-C5"}
+_OPTIONS = {"caffe": "(caffe-style)", "mdconv": "+ DCNv2 in C3-C5"}
 
 
 def _backbone_label(backbone: str) -> str:
@@ -90,10 +93,11 @@ def _vfnet(backbone, schedule, config, url, ap, alias, selection=None) -> Preset
 
 
 def _retinanet(backbone, schedule, config, url, ap, alias, selection=None) -> Preset:
+    caffe = dict(mean=CAFFE_MEAN, std=CAFFE_STD, bgr=True) if "caffe" in backbone else {}
     return Preset(
         f"retinanet_{backbone}_fpn_{schedule}", "retinanet", f"retinanet/{config}", "fpn", P3_P7,
         f"{OPENMMLAB}/retinanet/{url}", ap, (1333, 800), aliases=(f"retinanet.{alias}",), selection=selection,
-        description=f"RetinaNet {_backbone_label(backbone)} + FPN (P3-P7), {_SCHEDULES[schedule]}")
+        description=f"RetinaNet {_backbone_label(backbone)} + FPN (P3-P7), {_SCHEDULES[schedule]}", **caffe)
 
 
 def _yolox(size, config, url, ap, input_size, selection=None) -> Preset:
@@ -128,11 +132,17 @@ PRESETS: tuple[Preset, ...] = (
     _retinanet("r18", "1x", "retinanet_r18_fpn_1x_coco.py",
                "retinanet_r18_fpn_1x_coco/retinanet_r18_fpn_1x_coco_20220407_171055-614fd399.pth", 31.7,
                "resnet18_fpn_1x"),
+    _retinanet("r50-caffe", "1x", "retinanet_r50-caffe_fpn_1x_coco.py",
+               "retinanet_r50_caffe_fpn_1x_coco/retinanet_r50_caffe_fpn_1x_coco_20200531-f11027c5.pth", 36.3,
+               "resnet50_caffe_fpn_1x"),
     _retinanet("r50", "1x", "retinanet_r50_fpn_1x_coco.py",
                "retinanet_r50_fpn_1x_coco/retinanet_r50_fpn_1x_coco_20200130-c2398f9e.pth", 36.5, "resnet50_fpn_1x",
                selection=1),
     _retinanet("r50", "2x", "retinanet_r50_fpn_2x_coco.py",
                "retinanet_r50_fpn_2x_coco/retinanet_r50_fpn_2x_coco_20200131-fdb43119.pth", 37.4, "resnet50_fpn_2x"),
+    _retinanet("r101-caffe", "1x", "retinanet_r101-caffe_fpn_1x_coco.py",
+               "retinanet_r101_caffe_fpn_1x_coco/retinanet_r101_caffe_fpn_1x_coco_20200531-b428fa0f.pth", 38.5,
+               "resnet101_caffe_fpn_1x"),
     _retinanet("r101", "1x", "retinanet_r101_fpn_1x_coco.py",
                "retinanet_r101_fpn_1x_coco/retinanet_r101_fpn_1x_coco_20200130-7a93545f.pth", 38.5,
                "resnet101_fpn_1x"),
