@@ -14,6 +14,9 @@ and 4 map to the same models.
 This module is data only: :data:`PRESETS` is a tuple of frozen :class:`Preset` objects and
 nothing here imports the registry. :mod:`fpn_lab.models.registry` registers them, in one place,
 on the first lookup.
+
+IceVision backbone names left out because mmdet 3.3 ships no config or metafile entry for them:
+none for VFNet, RetinaNet and YOLOX (every name in IceVision's ``resnet_fpn.py`` lists is here).
 """
 
 from __future__ import annotations
@@ -128,6 +131,14 @@ PRESETS: tuple[Preset, ...] = (
            "vfnet_r101_fpn_mdconv_c3-c5_mstrain_2x_coco/"
            "vfnet_r101_fpn_mdconv_c3-c5_mstrain_2x_coco_20201027pth-7729adb5.pth",
            49.2, "resnet101_fpn_mdconv_c3_c5_mstrain_2x"),
+    _vfnet("x101-32x4d-mdconv", "ms2x", "vfnet_x101-32x4d-mdconv-c3-c5_fpn_ms-2x_coco.py",
+           "vfnet_x101_32x4d_fpn_mdconv_c3-c5_mstrain_2x_coco/"
+           "vfnet_x101_32x4d_fpn_mdconv_c3-c5_mstrain_2x_coco_20201027pth-d300a6fc.pth",
+           50.0, "resnext101_32x4d_fpn_mdconv_c3_c5_mstrain_2x"),
+    _vfnet("x101-64x4d-mdconv", "ms2x", "vfnet_x101-64x4d-mdconv-c3-c5_fpn_ms-2x_coco.py",
+           "vfnet_x101_64x4d_fpn_mdconv_c3-c5_mstrain_2x_coco/"
+           "vfnet_x101_64x4d_fpn_mdconv_c3-c5_mstrain_2x_coco_20201027pth-b5f6da5e.pth",
+           50.8, "resnext101_64x4d_fpn_mdconv_c3_c5_mstrain_2x"),
     # --- RetinaNet (IceVision: models.mmdet.retinanet.backbones.*) ---------------------------
     _retinanet("r18", "1x", "retinanet_r18_fpn_1x_coco.py",
                "retinanet_r18_fpn_1x_coco/retinanet_r18_fpn_1x_coco_20220407_171055-614fd399.pth", 31.7,
@@ -149,6 +160,18 @@ PRESETS: tuple[Preset, ...] = (
     _retinanet("r101", "2x", "retinanet_r101_fpn_2x_coco.py",
                "retinanet_r101_fpn_2x_coco/retinanet_r101_fpn_2x_coco_20200131-5560aee8.pth", 38.9,
                "resnet101_fpn_2x"),
+    _retinanet("x101-32x4d", "1x", "retinanet_x101-32x4d_fpn_1x_coco.py",
+               "retinanet_x101_32x4d_fpn_1x_coco/retinanet_x101_32x4d_fpn_1x_coco_20200130-5c8b7ec4.pth", 39.9,
+               "resnext101_32x4d_fpn_1x"),
+    _retinanet("x101-32x4d", "2x", "retinanet_x101-32x4d_fpn_2x_coco.py",
+               "retinanet_x101_32x4d_fpn_2x_coco/retinanet_x101_32x4d_fpn_2x_coco_20200131-237fc5e1.pth", 40.1,
+               "resnext101_32x4d_fpn_2x"),
+    _retinanet("x101-64x4d", "1x", "retinanet_x101-64x4d_fpn_1x_coco.py",
+               "retinanet_x101_64x4d_fpn_1x_coco/retinanet_x101_64x4d_fpn_1x_coco_20200130-366f5af1.pth", 41.0,
+               "resnext101_64x4d_fpn_1x"),
+    _retinanet("x101-64x4d", "2x", "retinanet_x101-64x4d_fpn_2x_coco.py",
+               "retinanet_x101_64x4d_fpn_2x_coco/retinanet_x101_64x4d_fpn_2x_coco_20200131-bca068ab.pth", 40.8,
+               "resnext101_64x4d_fpn_2x"),
     # --- YOLOX (IceVision: models.mmdet.yolox.backbones.*) -----------------------------------
     _yolox("tiny", "yolox_tiny_8xb8-300e_coco.py",
            "yolox_tiny_8x8_300e_coco/yolox_tiny_8x8_300e_coco_20211124_171234-b4047906.pth", 32.0, (416, 416)),
