@@ -105,7 +105,7 @@ def run_fpn_lab(args, class_map, train_records, valid_records):
 
     from fpn_lab.data.dataloaders import Dataset, make_dataloaders
     from fpn_lab.data.transforms import aug_tfms, resize_and_pad
-    from fpn_lab.evaluation import evaluate
+    from fpn_lab.inference import evaluate
     from fpn_lab.learner.learner import make_learner
     from fpn_lab.models.build import build_model
     from fpn_lab.models.registry import get_preset
@@ -229,7 +229,7 @@ def run_mmdet(args, class_map, train_records, valid_records):
 
     from fpn_lab.data.dataloaders import Dataset
     from fpn_lab.data.transforms import resize_and_pad
-    from fpn_lab.evaluation import evaluate
+    from fpn_lab.inference import evaluate
     from fpn_lab.metrics.coco import records_to_coco
     from fpn_lab.models.build import build_model
 

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fpn_lab.data.parsers import VOCBBoxParser  # noqa: E402
+from fpn_lab.data.splits import SingleSplitSplitter  # noqa: E402
 from fpn_lab.metrics.coco import records_to_coco  # noqa: E402
 
 
@@ -90,7 +91,7 @@ def main():
     if args.quick:
         args.copies, args.repeats = 1, 1
     parser = VOCBBoxParser(ROOT / "data/bccd/annotations", ROOT / "data/bccd/images")
-    records = parser.parse()[:72]
+    records = parser.parse(SingleSplitSplitter())[0][:72]
     gt = gt_copies(records, parser.class_map.names, args.copies)
     dets = detections(records, args.copies, np.random.default_rng(0))
     times = {"pycocotools": [], "faster-coco-eval": []}

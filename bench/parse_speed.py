@@ -23,6 +23,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fpn_lab.data.parsers import COCOBBoxParser, VOCBBoxParser  # noqa: E402
+from fpn_lab.data.splits import SingleSplitSplitter  # noqa: E402
 
 
 def make_dataset(root: Path, n: int) -> None:
@@ -70,8 +71,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         make_dataset(root, args.images)
-        coco = timed(lambda: COCOBBoxParser(root / "coco.json", root / "images").parse(), args.repeats)
-        voc = timed(lambda: VOCBBoxParser(root / "voc", root / "images").parse(), args.repeats)
+        coco = timed(lambda: COCOBBoxParser(root / "coco.json", root / "images").parse(SingleSplitSplitter())[0], args.repeats)
+        voc = timed(lambda: VOCBBoxParser(root / "voc", root / "images").parse(SingleSplitSplitter())[0], args.repeats)
     print(f"| format | images | boxes | median s ({args.repeats} runs) |\n| --- | --- | --- | --- |")
     print(f"| COCO JSON | {args.images} | {8 * args.images} | {coco:.2f} |")
     print(f"| VOC folder | {args.images} | {8 * args.images} | {voc:.2f} |")

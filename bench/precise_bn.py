@@ -28,7 +28,7 @@ from fpn_lab.checkpoint import load_checkpoint  # noqa: E402
 from fpn_lab.data.dataloaders import Dataset, make_dataloader  # noqa: E402
 from fpn_lab.data.datasets import open_dataset  # noqa: E402
 from fpn_lab.data.transforms import aug_tfms, resize_and_pad  # noqa: E402
-from fpn_lab.evaluation import evaluate  # noqa: E402
+from fpn_lab.inference import evaluate  # noqa: E402
 from fpn_lab.mmdet_adapter.wrapper import recompute_batchnorm_stats  # noqa: E402
 from fpn_lab.models.build import place_model  # noqa: E402
 from fpn_lab.runner.context import set_seed  # noqa: E402

@@ -60,12 +60,13 @@ def worker(settings: dict, size: int, batch: int, steps: int) -> dict:
         torch.set_num_threads(settings["threads"])
     from fpn_lab.data.dataloaders import Dataset, collate
     from fpn_lab.data.parsers import VOCBBoxParser
+    from fpn_lab.data.splits import SingleSplitSplitter
     from fpn_lab.data.transforms import resize_and_pad
     from fpn_lab.models.build import build_model
     from fpn_lab.models.registry import get_preset
 
     name = "yolox_tiny_pafpn_300e"
-    records = VOCBBoxParser(ROOT / "data/bccd/annotations", ROOT / "data/bccd/images").parse()[:batch]
+    records = VOCBBoxParser(ROOT / "data/bccd/annotations", ROOT / "data/bccd/images").parse(SingleSplitSplitter())[0][:batch]
     torch.manual_seed(0)
     model = build_model(name, num_classes=3)
     ds = Dataset(records, resize_and_pad(size, get_preset(name).pad_value))

@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from fpn_lab.data.dataloaders import Dataset, collate  # noqa: E402
 from fpn_lab.data.parsers import VOCBBoxParser  # noqa: E402
+from fpn_lab.data.splits import SingleSplitSplitter  # noqa: E402
 from fpn_lab.data.transforms import resize_and_pad  # noqa: E402
 from fpn_lab.models.build import build_model, count_parameters  # noqa: E402
 from fpn_lab.models.catalogue import MEASURED  # noqa: E402
@@ -60,7 +61,7 @@ def main() -> None:
     if args.quick:
         args.presets, args.sizes, args.steps = "yolox_tiny*", "64", 1
     parser = VOCBBoxParser(ROOT / "data/bccd/annotations", ROOT / "data/bccd/images")
-    records = parser.parse()[:2]
+    records = parser.parse(SingleSplitSplitter())[0][:2]
     results = json.loads(Path(args.out).read_text()).get("presets", {}) if Path(args.out).is_file() else {}
     print("| preset | params (M) | " + " | ".join(f"s/step @{s}" for s in args.sizes.split(",")) + " |")
     for name in list_models(args.presets):

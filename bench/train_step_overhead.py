@@ -36,6 +36,7 @@ from fastai.data.core import DataLoaders  # noqa: E402
 
 from fpn_lab.data.dataloaders import Dataset, collate, make_dataloader  # noqa: E402
 from fpn_lab.data.parsers import VOCBBoxParser  # noqa: E402
+from fpn_lab.data.splits import SingleSplitSplitter  # noqa: E402
 from fpn_lab.data.transforms import resize_and_pad  # noqa: E402
 from fpn_lab.learner.learner import make_learner  # noqa: E402
 from fpn_lab.models.build import build_model  # noqa: E402
@@ -132,7 +133,7 @@ def main():
     if args.quick:
         args.presets, args.size, args.steps, args.repeats = "yolox_tiny_pafpn_300e", 64, 2, 1
     parser = VOCBBoxParser(ROOT / "data/bccd/annotations", ROOT / "data/bccd/images")
-    records = parser.parse()[: args.batch]
+    records = parser.parse(SingleSplitSplitter())[0][: args.batch]
     side = "fastai's own" if args.fastai_optimizer else "FusedAdam/FusedSGD"
     print(f"torch threads {torch.get_num_threads()}, batch {args.batch}, {args.size} px, {args.steps} steps x "
           f"{args.repeats} interleaved repeats; optimiser {args.opt} (fpn_lab side: {side}; bare: torch fused)\n")

@@ -1,4 +1,5 @@
-"""Batched prediction in original-image pixel coordinates."""
+"""Prediction and evaluation: batched prediction in original-image pixels (datasets, files, arrays) and
+the COCO evaluation of a model on a dataset."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from fpn_lab.data.images import load_image
 from fpn_lab.data.transforms import Geometry, Letterbox, check_image_array
 from fpn_lab.errors import DataError
+from fpn_lab.metrics.coco import coco_evaluate, detections_to_coco
 
 log = logging.getLogger("fpn_lab.inference")
 
@@ -39,6 +41,42 @@ def predict_batches(model, batches: Iterable[tuple[torch.Tensor, Sequence[Geomet
     finally:
         model.train(was_training)
     return out
+
+
+def predict_dataset(model, dataset, batch_size: int = 8) -> list[dict]:
+    """Predictions for every record of a validation-transform ``dataset``, in original-image pixels
+    (one dict per record, same order; see :func:`predict_batches`)."""
+    from fpn_lab.data.dataloaders import collate
+
+    def batches():
+        for start in range(0, len(dataset), batch_size):
+            images, targets = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+            yield images, [t["geometry"] for t in targets]
+
+    return predict_batches(model, batches())
+
+
+def evaluate(model, dataset, class_map, batch_size: int = 8) -> tuple[dict, list[dict]]:
+    """COCO evaluation of ``model`` on ``dataset``.
+
+    Args:
+        class_map: the dataset's :class:`~fpn_lab.core.class_map.ClassMap` (its category ids go
+            into the results), or class names (ids ``label + 1``).
+
+    Returns:
+        ``(coco_evaluate result, COCO results list)``: the list uses the source's image and
+        category ids (``predictions.json``).
+
+    Raises:
+        ModelError: the model predicts another number of classes than ``class_map`` holds.
+    """
+    from fpn_lab.models.build import check_num_classes
+
+    check_num_classes(model, class_map, "evaluate")
+    preds = predict_dataset(model, dataset, batch_size)
+    detections = [d for rec, p in zip(dataset.records, preds)
+                  for d in detections_to_coco(rec.image_id, p["boxes"], p["scores"], p["labels"], class_map)]
+    return coco_evaluate(dataset.records, detections, class_map), detections
 
 
 ON_ERROR = ("raise", "skip")

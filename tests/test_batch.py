@@ -47,10 +47,10 @@ def test_batch_with_a_failing_run(batch):
         metrics = json.loads((batch_dir / name / "metrics.json").read_text())
         assert metrics["params"]["run_name"] == name and metrics["status"] == "ok"
     assert sorted(p.name for p in batch_dir.iterdir() if p.is_dir()) == ["broken", "smoke_a", "smoke_b"]
-    assert rows["broken"]["status"] == "failed" and rows["broken"]["failed_step"] == "DataLoaders and learner"
+    assert rows["broken"]["status"] == "failed" and rows["broken"]["failed_step"] == "DataLoaders"
     assert "batch_size 16 is larger than the training set" in rows["broken"]["error"]
     page = (batch_dir / "index.html").read_text()
-    assert page.count('<tr class="ok">') == 2 and "failed at step <b>DataLoaders and learner</b>" in page
+    assert page.count('<tr class="ok">') == 2 and "failed at step <b>DataLoaders</b>" in page
     assert 'href="smoke_a/getting_started.html"' in page and "data:image/png;base64," in page
 
 

@@ -17,6 +17,7 @@ from PIL import Image
 from conftest import CASES
 from fpn_lab.data.dataloaders import Dataset
 from fpn_lab.data.parsers import VOCBBoxParser
+from fpn_lab.data.splits import SingleSplitSplitter
 from fpn_lab.data.transforms import aug_tfms, resize_and_pad
 from fpn_lab.errors import DataError
 from fpn_lab.inference import predict_images
@@ -62,7 +63,7 @@ def test_n10_every_shape_predicts_singly_and_in_one_batch_with_boxes_inside_the_
 
 def test_n10_training_path_parses_and_transforms_the_2000x3_image():
     parser = VOCBBoxParser(CASES / "N10" / "voc" / "annotations", CASES / "N10" / "voc" / "images")
-    (rec,) = parser.parse()
+    (rec,) = parser.parse(SingleSplitSplitter())[0]
     assert (rec.height, rec.width) == (3, 2000) and rec.num_boxes == 1
     for tfms in (aug_tfms(64), resize_and_pad(64)):
         img, target = Dataset([rec], tfms)[0]

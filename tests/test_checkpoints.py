@@ -13,6 +13,7 @@ from conftest import DATA
 from fpn_lab.checkpoint import check_reload, load_checkpoint, save_checkpoint
 from fpn_lab.core.class_map import ClassMap
 from fpn_lab.data.parsers import VOCBBoxParser
+from fpn_lab.data.splits import SingleSplitSplitter
 from fpn_lab.errors import ModelError
 from fpn_lab.models.build import build_model
 
@@ -22,7 +23,7 @@ PRESET = "yolox_tiny_pafpn_300e"
 @pytest.fixture(scope="module")
 def fridge():
     parser = VOCBBoxParser(DATA / "fridge" / "annotations", DATA / "fridge" / "images")
-    records = parser.parse()
+    (records,) = parser.parse(SingleSplitSplitter())
     return parser.class_map, [r.filepath for r in records[:3]]
 
 

@@ -12,6 +12,7 @@ from fastai.callback.core import Callback
 from conftest import DATA
 from fpn_lab.data.dataloaders import Dataset, make_dataloaders
 from fpn_lab.data.parsers import VOCBBoxParser
+from fpn_lab.data.splits import SingleSplitSplitter
 from fpn_lab.data.transforms import resize_and_pad
 from fpn_lab.learner.ema import WeightEMA
 from fpn_lab.learner.learner import make_learner
@@ -22,7 +23,7 @@ from fpn_lab.runner.context import set_seed
 @pytest.fixture(scope="module")
 def fridge():
     parser = VOCBBoxParser(DATA / "fridge" / "annotations", DATA / "fridge" / "images")
-    records = parser.parse()
+    (records,) = parser.parse(SingleSplitSplitter())
     return parser.class_map, records
 
 

@@ -11,10 +11,10 @@ import torch
 from conftest import CASES, DATA
 from fpn_lab.data.dataloaders import Dataset, make_dataloaders
 from fpn_lab.data.parsers import COCOBBoxParser, VOCBBoxParser
-from fpn_lab.data.splits import RandomSplitter
+from fpn_lab.data.splits import RandomSplitter, SingleSplitSplitter
 from fpn_lab.data.transforms import resize_and_pad
 from fpn_lab.errors import ModelError, TrainingError
-from fpn_lab.evaluation import evaluate
+from fpn_lab.inference import evaluate
 from fpn_lab.learner.learner import make_learner
 from fpn_lab.models.build import build_model
 from fpn_lab.runner.context import set_seed
@@ -26,7 +26,7 @@ PRESET = "yolox_tiny_pafpn_300e"
 @pytest.fixture(scope="module")
 def fridge():
     parser = VOCBBoxParser(DATA / "fridge" / "annotations", DATA / "fridge" / "images")
-    records = parser.parse()
+    (records,) = parser.parse(SingleSplitSplitter())
     return parser.class_map, records
 
 
@@ -58,7 +58,7 @@ def test_valid_loss_is_the_mean_over_images_not_over_the_first_images_boxes(frid
 def test_a_model_for_another_class_count_is_refused_before_training():
     case = CASES / "R10"  # params ask num_classes 5 for a dataset of 2 categories
     parser = COCOBBoxParser(case / "annotations.json", case / "images")
-    records = parser.parse()
+    (records,) = parser.parse(SingleSplitSplitter())
     model = build_model("retinanet_r18_fpn_1x", num_classes=5)
     ds = Dataset(records, resize_and_pad(64))
     message = r"num_classes=5 but the dataset's class map has 2 classes \(widget, gadget\)"

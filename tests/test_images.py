@@ -9,13 +9,14 @@ from PIL import Image
 from conftest import CASES
 from fpn_lab.data.images import check_image, image_size, load_image
 from fpn_lab.data.parsers import COCOBBoxParser
+from fpn_lab.data.splits import SingleSplitSplitter
 from fpn_lab.errors import DataError
 
 
 @pytest.mark.parametrize("name", ["gray16.png", "rgba.png", "cmyk.jpg"])
 def test_r15_every_mode_loads_as_8bit_rgb_with_the_object_visible(name):
     parser = COCOBBoxParser(CASES / "R15" / "annotations.json", CASES / "R15" / "images")
-    rec = next(r for r in parser.parse() if r.filepath.name == name)
+    rec = next(r for r in parser.parse(SingleSplitSplitter())[0] if r.filepath.name == name)
     img = load_image(rec.filepath)
     assert img.shape == (rec.height, rec.width, 3) and img.dtype == np.uint8
     x1, y1, x2, y2 = rec.boxes[0].astype(int)

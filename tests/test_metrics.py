@@ -11,6 +11,7 @@ import pytest
 from conftest import CASES
 from fpn_lab.core.records import Record
 from fpn_lab.data.parsers import COCOBBoxParser
+from fpn_lab.data.splits import SingleSplitSplitter
 from fpn_lab.metrics.coco import coco_evaluate, detections_to_coco
 
 
@@ -31,21 +32,21 @@ def test_shifted_detections_lower_ap_as_pycocotools_does(bccd_records):
 
 def test_r13_no_detections_is_zero_not_minus_one():
     parser = COCOBBoxParser(CASES / "R13" / "gt_one_box.json", CASES / "R13" / "images")
-    records = parser.parse()
+    (records,) = parser.parse(SingleSplitSplitter())
     res = coco_evaluate(records, json.loads((CASES / "R13" / "predictions_empty.json").read_text()), parser.class_map.names)
     assert res["AP"] == 0.0 and res["AR100"] == 0.0 and res["message"] == "no detections"
 
 
 def test_r13_no_ground_truth_is_nan_with_a_message():
     parser = COCOBBoxParser(CASES / "R13" / "gt_no_annotations.json", CASES / "R13" / "images")
-    records = parser.parse()
+    (records,) = parser.parse(SingleSplitSplitter())
     res = coco_evaluate(records, json.loads((CASES / "R13" / "predictions_one_fp.json").read_text()), parser.class_map.names)
     assert math.isnan(res["AP"]) and res["message"] == "no ground-truth boxes"
 
 
 def test_r13_one_false_positive_gives_zero():
     parser = COCOBBoxParser(CASES / "R13" / "gt_one_box.json", CASES / "R13" / "images")
-    records = parser.parse()
+    (records,) = parser.parse(SingleSplitSplitter())
     far = [{"image_id": 1, "category_id": 1, "bbox": [50, 40, 5, 5], "score": 0.9}]
     assert coco_evaluate(records, far, parser.class_map.names)["AP"] == 0.0
 
@@ -59,7 +60,7 @@ def test_difficult_boxes_are_ignored_not_false_negatives():
 def test_evaluate_writes_coco_results_in_original_pixels(bccd_records):
     from fpn_lab.data.dataloaders import Dataset
     from fpn_lab.data.transforms import resize_and_pad
-    from fpn_lab.evaluation import evaluate
+    from fpn_lab.inference import evaluate
     from fpn_lab.mmdet_adapter.wrapper import score_threshold
     from fpn_lab.models.build import build_model
 
@@ -76,7 +77,7 @@ def test_evaluate_writes_coco_results_in_original_pixels(bccd_records):
 
 def test_r01_detections_on_a_negative_image_are_false_positives_only():
     parser = COCOBBoxParser(CASES / "R01" / "annotations.json", CASES / "R01" / "images")
-    records = parser.parse()
+    (records,) = parser.parse(SingleSplitSplitter())
     pos = next(r for r in records if r.num_boxes)
     neg = next(r for r in records if not r.num_boxes)
     hit = detections_to_coco(pos.image_id, pos.boxes, np.array([0.9]), pos.labels, parser.class_map)
@@ -109,7 +110,7 @@ def _coco_set_with_source_ids(tmp_path):
     from conftest import DATA
 
     voc = VOCBBoxParser(DATA / "fridge" / "annotations", DATA / "fridge" / "images")
-    records = voc.parse()
+    (records,) = voc.parse(SingleSplitSplitter())
     ids = dict(zip(voc.class_map.names, (12, 0, 7, 3)))
     images, anns = [], []
     for r in records:
@@ -128,7 +129,7 @@ def _coco_set_with_source_ids(tmp_path):
 def test_predictions_score_the_same_against_the_users_own_file(tmp_path):
     path, images = _coco_set_with_source_ids(tmp_path)
     parser = COCOBBoxParser(path, images)
-    records = parser.parse()
+    (records,) = parser.parse(SingleSplitSplitter())
     assert sorted(parser.class_map.category_ids) == [0, 3, 7, 12]
     rng = np.random.default_rng(0)
     dets = []
@@ -148,7 +149,7 @@ def test_predictions_score_the_same_against_the_users_own_file(tmp_path):
 def test_r09_category_ids_from_zero_out_of_order_map_back():
     case = CASES / "R09"
     parser = COCOBBoxParser(case / "annotations.json", case / "images")
-    (rec,) = parser.parse()
+    (rec,) = parser.parse(SingleSplitSplitter())[0]
     assert parser.class_map.names == ["apple", "mango", "zebra"] and parser.class_map.category_ids == [0, 3, 7]
     dets = detections_to_coco(rec.image_id, rec.boxes, np.full(len(rec.boxes), 0.99), rec.labels, parser.class_map)
     key = lambda d: d["category_id"]  # noqa: E731
@@ -162,7 +163,7 @@ def test_r09_category_ids_from_zero_out_of_order_map_back():
 def test_r12_string_image_ids_stay_strings():
     case = CASES / "R12"
     parser = COCOBBoxParser(case / "annotations_string_ids.json", case / "images")
-    records = parser.parse()
+    (records,) = parser.parse(SingleSplitSplitter())
     dets = [d for r in records for d in detections_to_coco(r.image_id, r.boxes, np.ones(len(r.boxes)), r.labels,
                                                             parser.class_map)]
     assert {d["image_id"] for d in dets} == {"img_a", "2"}

@@ -15,7 +15,7 @@ from fpn_lab.models.build import build_model
 from fpn_lab.mmdet_adapter.wrapper import _frozen_norm_train_mode
 from fpn_lab.models.registry import get_preset, list_models
 
-HEAVY = ("*r101*", "yolox_l_*", "yolox_x_*")
+HEAVY = ("*r101*", "*x101*", "yolox_l_*", "yolox_x_*")
 SLOW = {n for pat in HEAVY for n in list_models(pat)}
 PARAMS = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in list_models()]
 
@@ -58,7 +58,7 @@ def test_preset_builds_steps_and_predicts(name, bccd_records, no_network):
     torch.testing.assert_close(val["loss"], ref["loss"])
 
 
-@pytest.mark.parametrize("selection", [0, 1, 4])
+@pytest.mark.parametrize("selection", [0, 1, 4, "retinanet_r50-caffe_fpn_1x"])  # caffe configs freeze BN affine
 def test_icevision_selections_train_from_scratch_without_frozen_stages(selection):
     model = build_model(selection, num_classes=3, pretrained=False)
     assert all(p.requires_grad for p in model.parameters())
@@ -129,3 +129,23 @@ def test_channels_last_placement_computes_the_same_losses_and_outputs(bccd_recor
     place_model(model, "cpu", channels_last=False)
     assert model.detector.backbone.stem.conv.conv.weight.is_contiguous()
     assert model.preprocess(images, targets, training=False)[0].is_contiguous()
+
+
+def test_channels_last_keeps_mmcv_deformable_convolutions_working(bccd_records):
+    """mmcv's CPU DeformConv refuses non-contiguous (NHWC) inputs and weights ("input must be
+    contiguous"): VFNet's head uses it, so a channels-last VFNet must still train and predict alike."""
+    from fpn_lab.models.build import place_model
+
+    _, train, _ = bccd_records
+    torch.manual_seed(0)
+    model = build_model("vfnet_r50_fpn_ms2x", num_classes=3)
+    images, targets = _batch(train[:2], size=64, pad=get_preset("vfnet_r50_fpn_ms2x").pad_value)
+    model.eval()
+    with torch.no_grad():
+        nchw = model(images, targets)
+    place_model(model, "cpu", channels_last=True)
+    with torch.no_grad():
+        nhwc = model(images, targets)
+    torch.testing.assert_close(nhwc["loss"], nchw["loss"], rtol=1e-4, atol=1e-4)
+    model.train()
+    model(images, targets)["loss"].backward()  # the training step works too

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from fpn_lab.data.parsers import COCOBBoxParser, VOCBBoxParser
+from fpn_lab.data.splits import SingleSplitSplitter
 from fpn_lab.errors import DataError
 
 W, H = 64, 48
@@ -58,7 +59,7 @@ def test_voc_mutations(images, tmp_path_factory, objects, size, broken):
     xml = f"<annotation><filename>a.png</filename>{size}{body}</annotation>"
     (d / "a.xml").write_text(xml[:-5] if broken else xml)
     try:
-        check(VOCBBoxParser(d, images).parse())
+        check(VOCBBoxParser(d, images).parse(SingleSplitSplitter())[0])
     except DataError:
         pass
 
@@ -88,6 +89,6 @@ def test_coco_mutations(images, tmp_path_factory, anns, cats, image_id):
             "categories": cats}
     (d / "a.json").write_text(json.dumps(data, allow_nan=True))
     try:
-        check(COCOBBoxParser(d / "a.json", images).parse())
+        check(COCOBBoxParser(d / "a.json", images).parse(SingleSplitSplitter())[0])
     except DataError:
         pass

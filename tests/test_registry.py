@@ -145,3 +145,29 @@ def test_only_the_adapter_imports_mmdet_and_mmengine():
         if re.search(r"^\s*(from|import)\s+(mmdet|mmengine|mmcv)\b", f.read_text(), re.M):
             offenders.append(str(f.relative_to(root)))
     assert offenders == []
+
+
+def test_first_lookups_from_many_threads_fill_the_registry_once():
+    """``fpn-lab batch`` checks several params files in threads: the lazy fill must not race
+    ("model name ... is already registered", or an empty registry seen half-way)."""
+    import subprocess
+    import sys
+
+    code = """
+import sys, threading
+sys.setswitchinterval(1e-6)  # switch threads as often as possible
+from fpn_lab.models import registry
+errors, barrier = [], threading.Barrier(8)
+def look():
+    barrier.wait()
+    try:
+        registry.get_preset("yolox_tiny_pafpn_300e")
+    except Exception as e:
+        errors.append(repr(e))
+threads = [threading.Thread(target=look) for _ in range(8)]
+[t.start() for t in threads]; [t.join() for t in threads]
+print(errors or "ok")
+"""
+    for _ in range(5):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert out.stdout.strip() == "ok", out.stdout + out.stderr

@@ -8,6 +8,7 @@ from fastai.callback.core import Callback
 from conftest import DATA
 from fpn_lab.data.dataloaders import Dataset, make_dataloaders
 from fpn_lab.data.parsers import VOCBBoxParser
+from fpn_lab.data.splits import SingleSplitSplitter
 from fpn_lab.data.transforms import Augment, Letterbox, aug_tfms, resize_and_pad
 from fpn_lab.errors import ParamsError
 from fpn_lab.learner.learner import make_learner
@@ -33,7 +34,7 @@ class Seen(Callback):
 @pytest.fixture(scope="module")
 def fridge():
     parser = VOCBBoxParser(DATA / "fridge" / "annotations", DATA / "fridge" / "images")
-    records = parser.parse()
+    (records,) = parser.parse(SingleSplitSplitter())
     return parser.class_map, records
 
 

@@ -11,9 +11,10 @@ from conftest import DATA
 from fpn_lab.checkpoint import load_checkpoint, save_checkpoint
 from fpn_lab.data.dataloaders import Dataset, make_dataloaders
 from fpn_lab.data.parsers import VOCBBoxParser
+from fpn_lab.data.splits import SingleSplitSplitter
 from fpn_lab.data.transforms import resize_and_pad
 from fpn_lab.errors import DataError, ModelError, TrainingError
-from fpn_lab.evaluation import predict_dataset
+from fpn_lab.inference import predict_dataset
 from fpn_lab.inference import predict_images
 from fpn_lab.learner.learner import make_learner
 from fpn_lab.mmdet_adapter.wrapper import recompute_batchnorm_stats
@@ -24,7 +25,7 @@ from fpn_lab.runner.context import set_seed
 @pytest.fixture(scope="module")
 def fridge():
     parser = VOCBBoxParser(DATA / "fridge" / "annotations", DATA / "fridge" / "images")
-    return parser, parser.parse()
+    return parser, parser.parse(SingleSplitSplitter())[0]
 
 
 def _iou(a, b):

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 
 from fpn_lab.errors import DataError
+
+#: IceVision put a ``"background"`` class at index 0 of every class map; MMDetection 3 heads have none.
+NO_BACKGROUND = ("fpn_lab's ClassMap has no background class (MMDetection 3 heads predict object classes "
+                 "only): labels are 0-based object classes and num_classes = len(class_map). IceVision's "
+                 "ClassMap put 'background' at index 0; leave it out of the class names.")
 
 
 def normalize_name(name: str) -> str:
@@ -33,10 +39,21 @@ class ClassMap:
             error; names that differ only by case, spaces or punctuation are an error too, since
             they almost always mean the same class written two ways.
         category_ids: the source's category id per label (ints, unique); default ``label + 1``.
+        background: IceVision's argument (the background class's index). Accepted for code moving
+            from IceVision with a warning that there is no background class; ``None`` (default) is silent.
+
+    Warns:
+        UserWarning: ``background`` is given, or the first name is ``"background"`` (an IceVision
+            class list): the class is kept as an ordinary object class, which is rarely wanted.
     """
 
-    def __init__(self, names: Sequence[str], category_ids: Sequence[int] | None = None):
+    def __init__(self, names: Sequence[str], category_ids: Sequence[int] | None = None, *, background=None):
         names = [normalize_name(n) for n in names]
+        if background is not None:
+            warnings.warn(f"ClassMap(background={background!r}) is ignored. {NO_BACKGROUND}", stacklevel=2)
+        elif names and names[0].casefold() == "background":
+            warnings.warn(f"class 0 is named {names[0]!r} and will be trained as an object class. {NO_BACKGROUND}",
+                          stacklevel=2)
         for i, name in enumerate(names):
             if not name:
                 raise DataError(f"class name #{i} is empty; every class needs a non-empty name.")
@@ -78,6 +95,19 @@ class ClassMap:
 
     def name(self, index: int) -> str:
         return self._names[index]
+
+    # IceVision's names for the same lookups (code moving from IceVision runs unchanged)
+    def get_classes(self) -> list[str]:
+        """IceVision's name for :attr:`names` (no background entry)."""
+        return self.names
+
+    def get_by_id(self, index: int) -> str:
+        """IceVision's name for :meth:`name`."""
+        return self.name(index)
+
+    def get_by_name(self, name: str) -> int:
+        """IceVision's name for :meth:`index`."""
+        return self.index(name)
 
     @property
     def category_ids(self) -> list[int]:

@@ -26,6 +26,8 @@ class Record:
         difficult: ``bool[N]``; VOC ``difficult`` objects, kept for training and ignored in
             evaluation (treated like COCO crowd regions: matching them is neither a TP nor a FP).
         source: the annotation file this record came from (for error messages).
+        class_map: the dataset's :class:`~fpn_lab.core.class_map.ClassMap` (set by the parsers; shared by
+            every record of a parse, so drawings can name labels), or ``None``.
         image_id: the image's id in the source dataset, as written there (a COCO ``id``: int or
             string); defaults to ``record_id`` (VOC: the position of its XML file in name order).
             Results (``predictions.json``, the COCO evaluation) use it.
@@ -41,6 +43,7 @@ class Record:
     difficult: np.ndarray = field(default_factory=lambda: np.zeros((0,), bool))
     source: str = ""
     image_id: int | str | None = None
+    class_map: object = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         self.filepath = Path(self.filepath)

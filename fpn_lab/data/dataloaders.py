@@ -21,7 +21,8 @@ class Dataset:
 
     The target dict holds ``boxes`` ``float32[N, 4]`` xyxy in network-input pixels, ``labels``
     ``int64[N]``, ``train_mask`` ``bool[N]`` (False for crowd regions), ``geometry``,
-    ``record_id`` and ``image_id`` (the source's id, see :class:`~fpn_lab.core.records.Record`).
+    ``record_id``, ``image_id`` (the source's id, see :class:`~fpn_lab.core.records.Record`) and
+    ``class_map`` (the record's, for drawings; ``None`` for records not made by a parser).
 
     Args:
         records: parsed records.
@@ -63,7 +64,7 @@ class Dataset:
             labels, mask = r.labels, r.train_mask
         target = {"boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(labels),
                   "train_mask": torch.from_numpy(mask), "geometry": g, "record_id": r.record_id,
-                  "image_id": r.image_id}
+                  "image_id": r.image_id, "class_map": r.class_map}
         return out, target
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from fpn_lab.core.class_map import ClassMap, normalize_name
 from fpn_lab.core.records import Record
 from fpn_lab.data.parsers import COCOBBoxParser, ParseReport, VOCBBoxParser
-from fpn_lab.data.splits import FixedSplitter, RandomSplitter, VOCImageSetSplitter
+from fpn_lab.data.splits import FixedSplitter, RandomSplitter, SingleSplitSplitter, VOCImageSetSplitter
 from fpn_lab.errors import DataError
 
 log = logging.getLogger("fpn_lab.data")
@@ -360,7 +360,7 @@ def _open_voc(layout: Layout, seed: int, strict: bool):
     elif layout.split == "random":
         parts = parser.parse(RandomSplitter(list(RANDOM_FRACTIONS), seed=seed))
     else:
-        records = parser.parse()
+        (records,) = parser.parse(SingleSplitSplitter())
         valid_ids = _read_ids(layout.sources["valid"])
         train_ids = [r.filepath.stem for r in records if r.filepath.stem not in set(valid_ids)]
         parts = FixedSplitter([train_ids, valid_ids], ["train", layout.sources["valid"].name]).split(records)
@@ -405,10 +405,10 @@ def _open_coco(layout: Layout, seed: int, strict: bool):
         train, valid = parser.parse(RandomSplitter(list(RANDOM_FRACTIONS), seed=seed))
         return train, valid, parser.class_map, {"annotations": parser.report}
     tp = _coco_parser(layout.sources["train"], layout.images, strict=strict)
-    train = tp.parse()
+    (train,) = tp.parse(SingleSplitSplitter())
     vp = _coco_parser(layout.sources["valid"], layout.images, class_map=tp.class_map, strict=strict)
     _check_same_categories(tp, vp)
-    valid = vp.parse()  # same names and ids as tp.class_map: _check_same_categories passed
+    (valid,) = vp.parse(SingleSplitSplitter())  # same names and ids as tp.class_map: _check_same_categories passed
     if layout.split == "file":  # the validation images are taken out of the training source: the rest trains
         held_out = {r.filepath.resolve() for r in valid}
         kept = [r for r in train if r.filepath.resolve() not in held_out]

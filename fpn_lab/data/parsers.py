@@ -28,6 +28,8 @@ log = logging.getLogger("fpn_lab.data")
 
 #: Individually logged problems per parse; the rest are counted in the report only.
 MAX_LOGGED = 50
+#: ``parse()``'s split without a splitter: IceVision's ``RandomSplitter([0.8, 0.2])``.
+DEFAULT_SPLIT = (0.8, 0.2)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -157,20 +159,29 @@ class _Parser:
         log.info("%s", rep)
         return records
 
-    def parse(self, splitter=None):
-        """Parse the annotations.
+    def parse(self, data_splitter=None):
+        """Parse the annotations and split the records, as IceVision's ``parser.parse``.
+
+        Args:
+            data_splitter: a splitter (:mod:`fpn_lab.data.splits`); default
+                ``RandomSplitter([0.8, 0.2])`` (seed 42), IceVision's default split.
+                ``SingleSplitSplitter()`` gives every record in one list.
 
         Returns:
-            ``list[Record]``, or with a ``splitter`` one list per split (IceVision's shape:
-            ``train_records, valid_records = parser.parse(splitter)``).
+            One ``list[Record]`` per split: ``train_records, valid_records = parser.parse()``.
+            Every record's ``class_map`` is :attr:`class_map`.
 
         Raises:
             DataError: unreadable annotations, an unknown or ambiguous class name, a missing or
                 undecodable (truncated, corrupt) image or a COCO annotation naming an image id
                 absent from ``images`` (both with ``strict=True``), or no usable image at all.
         """
+        from fpn_lab.data.splits import RandomSplitter
+
         records = self._finish(self._parse())
-        return records if splitter is None else splitter.split(records)
+        for r in records:
+            r.class_map = self.class_map
+        return (data_splitter or RandomSplitter(DEFAULT_SPLIT)).split(records)
 
     def _parse(self) -> list[Record]:  # pragma: no cover - abstract
         raise NotImplementedError

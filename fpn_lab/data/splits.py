@@ -36,6 +36,13 @@ class RandomSplitter:
         return [[records[i] for i in order[s:e]] for s, e in zip(starts, bounds)]
 
 
+class SingleSplitSplitter:
+    """All records in one split: ``parser.parse(SingleSplitSplitter())`` returns ``[records]`` (IceVision's name)."""
+
+    def split(self, records: Sequence[Record]) -> list[list[Record]]:
+        return [list(records)]
+
+
 class FixedSplitter:
     """Split by explicit image ids (image file stems, e.g. ``BloodImage_00001``).
 

@@ -160,7 +160,8 @@ class Augment:
 
 
 def aug_tfms(size: int, presize: int | None = None, *, pad_value=(114, 114, 114), horizontal_flip: bool = True,
-             vertical_flip: bool = False, scale=(0.75, 1.25), translate=0.1, color: bool = True) -> Augment:
+             vertical_flip: bool = False, scale=(0.75, 1.25), translate=0.1, color: bool = True,
+             extra: tuple = ()) -> Augment:
     """Training augmentation (IceVision's ``aug_tfms`` shape), ending in the same letterbox as validation.
 
     Args:
@@ -175,6 +176,8 @@ def aug_tfms(size: int, presize: int | None = None, *, pad_value=(114, 114, 114)
             on every image: the jitter of mmdet's ``YOLOXHSVRandomAug``. (A weaker jitter, half
             the images with brightness/contrast and hue +-10, trained to 0.033 lower AP on BCCD:
             ``bench/RESULTS.md``, accuracy parity.)
+        extra: albumentations transforms applied after these steps, before the letterbox (boxes
+            follow them).
     """
     fill = tuple(int(round(v)) for v in np.broadcast_to(np.asarray(pad_value, np.float64), (3,)))
     steps = []
@@ -188,5 +191,6 @@ def aug_tfms(size: int, presize: int | None = None, *, pad_value=(114, 114, 114)
                           border_mode=cv2.BORDER_CONSTANT, fill=fill, p=1.0))
     if color:
         steps.append(A.HueSaturationValue(hue_shift_limit=5, sat_shift_limit=30, val_shift_limit=30, p=1.0))
+    steps += list(extra)
     bbox_params = A.BboxParams(format="pascal_voc", label_fields=["labels"], min_visibility=0.3, min_area=4.0)
     return Augment(A.Compose(steps, bbox_params=bbox_params, seed=random.getrandbits(32)), Letterbox(size, pad_value))

@@ -17,7 +17,7 @@ from torch import nn
 from fpn_lab.errors import DataError, ParamsError
 from fpn_lab.learner.callbacks import ImageAvgLoss, MMDetCallback, NonFiniteLossGuard
 from fpn_lab.learner.ema import WeightEMA
-from fpn_lab.learner.metrics import coco_metrics
+from fpn_lab.learner.coco_metric import coco_metrics
 from fpn_lab.learner.mode_switch import LastEpochsSwitch
 from fpn_lab.learner.schedule import check_one_cycle
 from fpn_lab.learner.optim import FusedAdam, FusedSGD
@@ -38,8 +38,8 @@ def backbone_neck_head_splitter(model) -> list:
 
 
 def make_learner(dls, model, class_map, *, opt: str = "adam", wd: float = 0.01, checkpoint=None, cbs=(),
-                 coco: bool = True, path=None, ema: bool = False, ema_gamma: float | None = None,
-                 no_aug_epochs: int = 0, **kwargs) -> Learner:
+                 coco: bool | tuple[str, ...] = True, metrics=(), path=None, ema: bool = False,
+                 ema_gamma: float | None = None, no_aug_epochs: int = 0, **kwargs) -> Learner:
     """A fastai ``Learner`` training ``model`` with COCO AP and AP50 as metric columns.
 
     Args:
@@ -52,8 +52,11 @@ def make_learner(dls, model, class_map, *, opt: str = "adam", wd: float = 0.01, 
             ``"recipe"``: the preset's mmdet recipe (:func:`recipe_settings`; ``wd`` is then the
             recipe's).
         wd: weight decay; not applied to norm layers and biases (fastai ``wd_bn_bias=False``).
-        checkpoint: path where :class:`NonFiniteLossGuard` keeps the last good weights.
-        coco: add the COCO AP / AP50 metric columns (computed on every validation pass).
+        checkpoint: path where :class:`NonFiniteLossGuard` keeps the last good weights (after each
+            epoch whose weights are finite); default ``path/last_good.pth`` when ``path`` is given.
+        coco: add the COCO AP / AP50 metric columns (computed on every validation pass), or a
+            tuple of the COCO statistics to show (``("AP", "AP50", "AP_small")``); False: none.
+        metrics: other fastai metrics, after the COCO columns.
         path: folder for fastai's own files (``lr_find`` keeps the weights it restores in
             ``path/models/``); default: a temporary folder, never the current directory.
         ema: keep YOLOX's exponential moving average of the weights (mmdet's ``ExpMomentumEMA``)
@@ -66,6 +69,8 @@ def make_learner(dls, model, class_map, *, opt: str = "adam", wd: float = 0.01, 
     validation's detections and full COCO result).
     """
     check_num_classes(model, class_map, "make_learner")
+    if checkpoint is None and path is not None:
+        checkpoint = Path(path) / "last_good.pth"
     check_batch_for_batchnorm(model, dls.train.bs, _input_size(dls.train.dataset))
     cbs = list(cbs)
     if opt == "recipe":
@@ -80,13 +85,14 @@ def make_learner(dls, model, class_map, *, opt: str = "adam", wd: float = 0.01, 
         cbs.append(WeightEMA(gamma=ema_gamma))
     if no_aug_epochs:
         cbs.append(LastEpochsSwitch(no_aug_epochs))
-    metrics = coco_metrics() if coco else []
+    coco_cols = (coco_metrics(tuple(coco)) if isinstance(coco, (tuple, list)) else coco_metrics()) if coco else []
+    metrics = [*coco_cols, *metrics]
     learn = Learner(dls, model, loss_func=detection_loss, opt_func=opt_func, wd=wd, metrics=metrics,
                     splitter=backbone_neck_head_splitter, cbs=[MMDetCallback(), NonFiniteLossGuard(checkpoint), *cbs],
                     path=Path(path) if path else Path(tempfile.mkdtemp(prefix="fpn_lab-")), **kwargs)
     learn.recorder.loss = ImageAvgLoss()  # valid_loss weighted by images, not by the first image's boxes
     learn.class_map = class_map
-    learn.coco = metrics[0].acc if metrics else None
+    learn.coco = coco_cols[0].acc if coco_cols else None
     return learn
 
 
@@ -115,6 +121,14 @@ def train(learn: Learner, epochs: int, lr: float, *, fine_tune: bool = False, on
         learn.fine_tune(epochs, lr, freeze_epochs=1, **one_cycle)
     else:
         learn.fit_one_cycle(epochs, lr, **one_cycle)
+
+
+def history(learn) -> list[dict]:
+    """Per-epoch values from a fastai ``Recorder`` as dicts (``epoch``, ``train_loss``, ``valid_loss`` and
+    the metric columns, e.g. ``AP``, ``AP50``)."""
+    names = list(learn.recorder.metric_names[1:-1])
+    return [{"epoch": i + 1, **{n: (float(v) if v is not None else None) for n, v in zip(names, row)}}
+            for i, row in enumerate(learn.recorder.values)]
 
 
 def find_lr(learn: Learner, num_it: int = 30, show_plot: bool = True) -> float:

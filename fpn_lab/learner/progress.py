@@ -109,3 +109,28 @@ class EpochLine(Callback):
         elif self.console:
             self.console.write(text)
             self.console.flush()
+
+
+class PhaseTimer(Callback):
+    """Times a run's fits into its :class:`~fpn_lab.runner.context.Run`: ``setup`` (from the run's
+    start to the first fit), ``lr_find`` (fits under fastai's ``LRFinder``) and ``training`` (every
+    other fit; ``fine_tune``'s two add up), with the kernel's peak memory after each."""
+
+    order = -20  # first in, so the fit's own callbacks are inside the time
+
+    def __init__(self, run):
+        self.timed_run = run  # not `self.run`: fastai's Callback uses that name (whether it runs)
+
+    def before_fit(self):
+        from fastai.callback.schedule import LRFinder
+
+        if "setup" not in self.timed_run.timing:
+            self.timed_run.timing["setup"] = time.perf_counter() - self.timed_run.started
+            self.timed_run._record_peak_rss("setup")
+        self.phase = "lr_find" if any(isinstance(cb, LRFinder) for cb in self.learn.cbs) else "training"
+        self.t0 = time.perf_counter()
+
+    def after_fit(self):
+        self.timed_run.timing[self.phase] = self.timed_run.timing.get(self.phase, 0.0) + time.perf_counter() - self.t0
+        self.timed_run._record_peak_rss(self.phase)
+

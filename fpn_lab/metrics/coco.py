@@ -132,3 +132,11 @@ def coco_evaluate(records: Sequence[Record], detections: list[dict], class_map: 
         p = precision[:, :, list(ev.params.catIds).index(cid)]
         per_class[name] = float(p[p > -1].mean()) if counts[label] and (p > -1).any() else math.nan
     return {**stats, "per_class_AP": per_class, "message": ""}
+
+
+def per_class_table(result: dict):
+    """``coco_evaluate``'s per-class AP@[.5:.95] as a pandas DataFrame (index ``class``, column ``AP``)."""
+    import pandas as pd
+
+    return pd.DataFrame({"AP": result["per_class_AP"]}).rename_axis("class")
+

@@ -1,12 +1,14 @@
-"""mmdet configs: load a preset's config from the mmdet wheel and apply fpn_lab's choices."""
+"""mmdet configs: load a preset's config from the mmdet wheel, apply fpn_lab's choices, and read its
+training recipe (optimiser, parameter-wise options, clipping, warm-up, EMA) into a :class:`Recipe`."""
 
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
 
-from fpn_lab.errors import ModelError
+from fpn_lab.errors import ModelError, did_you_mean
 from fpn_lab.mmdet_adapter.necks import set_neck
+from fpn_lab.models.recipe import Recipe
 
 
 def configs_root() -> Path:
@@ -21,7 +23,7 @@ def configs_root() -> Path:
 
 
 def load_config(preset, *, num_classes: int, pretrained: str = "none", neck: str | None = None,
-                neck_args: dict | None = None):
+                neck_args: dict | None = None, cfg_options: dict | None = None):
     """The preset's mmdet config with ``num_classes`` set and pretrained ``init_cfg`` handled.
 
     Args:
@@ -32,6 +34,8 @@ def load_config(preset, *, num_classes: int, pretrained: str = "none", neck: str
             keeps the config's backbone ``init_cfg``; ``"coco"`` removes it (the whole detector's
             weights are loaded afterwards).
         neck, neck_args: replace or re-parameterise the neck (see :func:`.necks.set_neck`).
+        cfg_options: mmdet-style overrides applied last, ``{"model.test_cfg.score_thr": 0.3, ...}``
+            (dotted keys into the config; see :func:`apply_cfg_options`).
 
     Returns:
         ``mmengine.Config``.
@@ -55,7 +59,38 @@ def load_config(preset, *, num_classes: int, pretrained: str = "none", neck: str
             backbone.frozen_stages = -1
         if "norm_eval" in backbone:
             backbone.norm_eval = False
+        if (backbone.get("norm_cfg") or {}).get("requires_grad") is False:  # caffe-style configs freeze BN's
+            backbone.norm_cfg.requires_grad = True  # scale and shift, which from scratch stay at 1 and 0
+    apply_cfg_options(cfg, cfg_options)
     return cfg
+
+
+def apply_cfg_options(cfg, cfg_options: dict | None) -> None:
+    """Apply ``{"dotted.key": value}`` overrides to an ``mmengine.Config`` (mmdet's ``--cfg-options``).
+
+    Every key must already exist in the config, so a misspelt key is an error instead of a new,
+    unused entry (``Config.merge_from_dict`` would add it silently).
+
+    Raises:
+        ModelError: ``cfg_options`` is not a dict, or a key names no entry of the config; the
+            message names the first missing part and the keys that exist there.
+    """
+    if not cfg_options:
+        return
+    if not isinstance(cfg_options, dict):
+        raise ModelError(f"cfg_options must be a dict of dotted config keys to values, e.g. "
+                         f"{{'model.test_cfg.score_thr': 0.3}}; got {type(cfg_options).__name__} {cfg_options!r}.")
+    for key in cfg_options:
+        node, done = cfg, []
+        for part in str(key).split("."):
+            mapping = hasattr(node, "keys")  # mmengine's Config and ConfigDict
+            if not (mapping and part in node):
+                there = sorted(node.keys()) if mapping else type(node).__name__
+                raise ModelError(f"cfg_options key {key!r}: {'.'.join(done) or 'the config'} has no {part!r}"
+                                 f"{did_you_mean(part, there if isinstance(there, list) else [])} "
+                                 f"(it has: {there}). Keys must name existing entries of the preset's mmdet config.")
+            node, done = node[part], [*done, part]
+    cfg.merge_from_dict(dict(cfg_options))
 
 
 def set_num_classes(cfg, num_classes: int) -> None:
@@ -67,3 +102,38 @@ def set_num_classes(cfg, num_classes: int) -> None:
         raise ModelError(f"config of model type {cfg.model.type!r} has no bbox_head.num_classes; fpn_lab supports "
                          "one-stage detectors (VFNet, RetinaNet, YOLOX).")
     head.num_classes = num_classes
+
+
+def recipe_from_config(cfg) -> Recipe:
+    """Read ``optim_wrapper``, ``param_scheduler``, ``custom_hooks``, ``auto_scale_lr`` and
+    ``train_cfg`` of an ``mmengine.Config`` into a :class:`~fpn_lab.models.recipe.Recipe`."""
+    ow = cfg.get("optim_wrapper", {})
+    opt = ow.get("optimizer", {})
+    pw = ow.get("paramwise_cfg") or {}
+    clip = ow.get("clip_grad") or {}
+    warmup = {}
+    for s in cfg.get("param_scheduler") or []:
+        kind = s.get("type", "").split(".")[-1]
+        if kind == "LinearLR" and s.get("begin", 0) == 0:
+            warmup = {"warmup": "linear", "warmup_start_factor": s.get("start_factor"),
+                      ("warmup_epochs" if s.get("by_epoch", True) else "warmup_iters"): s.get("end")}
+        elif kind == "QuadraticWarmupLR":
+            warmup = {"warmup": "quadratic",
+                      ("warmup_epochs" if s.get("by_epoch", True) else "warmup_iters"): s.get("end")}
+    ema = next((h.get("momentum") for h in cfg.get("custom_hooks") or [] if h.get("type") == "EMAHook"), None)
+    approx = ["schedule: fastai's one-cycle (warm-up then cosine) replaces the config's schedulers"]
+    if opt.get("nesterov"):
+        approx.append("nesterov momentum: fastai's SGD uses classical momentum")
+    if pw.get("bias_lr_mult") not in (None, 1, 1.0):
+        approx.append(f"bias_lr_mult {pw['bias_lr_mult']}: not applied (fastai groups are backbone/neck/head)")
+    if (pw.get("norm_decay_mult") == 0) != (pw.get("bias_decay_mult") == 0):
+        approx.append("norm/bias decay: fastai switches weight decay off for norms and biases together")
+    if ema is not None:
+        approx.append(f"EMA (momentum {ema}): not applied")
+    return Recipe(optimizer=opt.get("type", "SGD"), lr=float(opt.get("lr", 0.01)),
+                  base_batch_size=int((cfg.get("auto_scale_lr") or {}).get("base_batch_size", 16)),
+                  momentum=opt.get("momentum"), nesterov=bool(opt.get("nesterov", False)),
+                  weight_decay=float(opt.get("weight_decay", 0.0)), norm_decay_mult=pw.get("norm_decay_mult"),
+                  bias_decay_mult=pw.get("bias_decay_mult"), bias_lr_mult=pw.get("bias_lr_mult"),
+                  grad_clip_max_norm=clip.get("max_norm"), ema_momentum=ema,
+                  max_epochs=(cfg.get("train_cfg") or {}).get("max_epochs"), approximations=tuple(approx), **warmup)

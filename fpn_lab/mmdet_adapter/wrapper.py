@@ -27,14 +27,15 @@ def _register() -> None:
 
 
 def build_detector(preset, *, num_classes: int, pretrained: str = "none", neck: str | None = None,
-                   neck_args: dict | None = None) -> MMDetModel:
+                   neck_args: dict | None = None, cfg_options: dict | None = None) -> MMDetModel:
     """Build ``preset`` for ``num_classes`` classes, with initial weights per ``pretrained``.
 
     ``init_weights()`` is always called, so heads start with their prior-probability bias
     (``bias_prob=0.01`` in RetinaNet/VFNet heads; YOLOX's own init) and, with
     ``pretrained="imagenet"``, the backbone loads the config's ImageNet checkpoint.
     """
-    cfg = load_config(preset, num_classes=num_classes, pretrained=pretrained, neck=neck, neck_args=neck_args)
+    cfg = load_config(preset, num_classes=num_classes, pretrained=pretrained, neck=neck, neck_args=neck_args,
+                      cfg_options=cfg_options)
     model = _build(cfg, preset, init_weights=True)
     model.neck_choice = {"neck": neck, "neck_args": dict(neck_args or {})}
     model.pretrained = pretrained
@@ -120,7 +121,7 @@ class MMDetModel(nn.Module):
     @property
     def recipe(self):
         """The training recipe of the preset's mmdet config (:class:`~fpn_lab.models.recipe.Recipe`)."""
-        from fpn_lab.mmdet_adapter.recipe import recipe_from_config
+        from fpn_lab.mmdet_adapter.config import recipe_from_config
 
         return recipe_from_config(self.cfg)
 
@@ -244,6 +245,32 @@ class MMDetModel(nn.Module):
             # no predictions then (NonFiniteLossGuard stops the run on this batch)
             out["predictions"] = self._predict_features(features, samples) if torch.isfinite(out["loss"]) else []
         return out
+
+
+def _contiguous_inputs(module, args):
+    return tuple(a.contiguous() if torch.is_tensor(a) else a for a in args)
+
+
+def keep_mmcv_ops_contiguous(model: nn.Module) -> int:
+    """Keep mmcv's deformable convolutions in the default (NCHW) layout inside a channels-last model.
+
+    mmcv 2.1's CPU ``DeformConv2d`` / ``ModulatedDeformConv2d`` kernels refuse non-contiguous
+    inputs ("input must be contiguous"), and VFNet's head uses them. Their weights are made
+    contiguous again and a forward pre-hook hands them contiguous inputs (a copy only when the
+    input is NHWC); every other layer keeps the channels-last layout. Idempotent. Returns the
+    number of such modules.
+    """
+    from mmcv.ops import DeformConv2d, ModulatedDeformConv2d
+
+    n = 0
+    for m in model.modules():
+        if isinstance(m, (DeformConv2d, ModulatedDeformConv2d)):
+            m.weight.data = m.weight.data.contiguous()
+            if not getattr(m, "_fpn_lab_contiguous_hook", False):
+                m.register_forward_pre_hook(_contiguous_inputs)
+                m._fpn_lab_contiguous_hook = True
+            n += 1
+    return n
 
 
 @torch.no_grad()

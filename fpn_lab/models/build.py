@@ -27,7 +27,8 @@ def normalize_pretrained(pretrained) -> str:
 
 
 def build_model(selection, *, num_classes: int, pretrained=False, weights: str | Path | None = None,
-                neck: str | None = None, neck_args: dict | None = None, class_names=None):
+                neck: str | None = None, neck_args: dict | None = None, class_names=None,
+                cfg_options: dict | None = None):
     """Build a detector from the catalogue.
 
     Args:
@@ -50,6 +51,10 @@ def build_model(selection, *, num_classes: int, pretrained=False, weights: str |
             ``meta.CLASSES``): the same names in another order are an error (the head's rows would
             predict swapped labels); other classes re-initialise the class-dependent layers (a
             fine-tune), with a warning naming them.
+        cfg_options: overrides of the preset's mmdet config, ``{"model.test_cfg.score_thr": 0.3}``
+            (mmdet's ``--cfg-options``; IceVision's ``model(..., cfg_options=)``), applied last; a key
+            that names no config entry is a ``ModelError``
+            (:func:`~fpn_lab.mmdet_adapter.config.apply_cfg_options`).
 
     Returns:
         :class:`~fpn_lab.mmdet_adapter.wrapper.MMDetModel`; ``model.weights_report`` is the
@@ -65,7 +70,8 @@ def build_model(selection, *, num_classes: int, pretrained=False, weights: str |
 
     preset = get_preset(selection)
     mode = "coco" if weights is not None else normalize_pretrained(pretrained)
-    model = build_detector(preset, num_classes=num_classes, pretrained=mode, neck=neck or None, neck_args=neck_args)
+    model = build_detector(preset, num_classes=num_classes, pretrained=mode, neck=neck or None, neck_args=neck_args,
+                           cfg_options=cfg_options)
     model.skipped_weights, model.weights_report = [], None
     if mode == "coco":
         path = Path(weights) if weights is not None else download_weights(preset.weights_url)
@@ -120,11 +126,16 @@ def place_model(model, device: str = "cpu", *, channels_last: bool = True):
     2-core CPU a YOLOX-tiny training step (batch 8, 320 px) took 12 % less time than NCHW (8 % with
     the weights alone; ``bench/step_speed.py``, interleaved, ``bench/RESULTS.md`` section 8).
     Numbers differ from NCHW only by float rounding; a model and its reloaded copy compare exactly
-    only when placed alike.
+    only when placed alike. mmcv's deformable convolutions (VFNet's head) stay NCHW, as their CPU
+    kernels require (:func:`~fpn_lab.mmdet_adapter.wrapper.keep_mmcv_ops_contiguous`).
     """
     import torch
+
+    from fpn_lab.mmdet_adapter.wrapper import keep_mmcv_ops_contiguous
 
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device, memory_format=fmt)
     model.channels_last = bool(channels_last)
+    if channels_last:
+        keep_mmcv_ops_contiguous(model)  # mmcv's deformable convolutions (VFNet) take NCHW only
     return model

@@ -1,6 +1,6 @@
 """Training recipes: what an mmdet config says about optimisation, as frozen data.
 
-:func:`fpn_lab.mmdet_adapter.recipe.recipe_from_config` reads a config into a :class:`Recipe`;
+:func:`fpn_lab.mmdet_adapter.config.recipe_from_config` reads a config into a :class:`Recipe`;
 :func:`fpn_lab.learner.learner.make_learner` turns it into fastai settings (``opt="recipe"``).
 What fastai cannot express exactly is listed in :attr:`Recipe.approximations`.
 """

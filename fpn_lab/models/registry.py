@@ -10,6 +10,7 @@ Anchors: ``torchvision.models._api`` (duplicate = error) and ``timm.list_models`
 from __future__ import annotations
 
 import fnmatch
+import threading
 
 from fpn_lab.errors import ModelError, did_you_mean
 
@@ -35,7 +36,8 @@ def register_model(preset):
             ``selection`` index is taken; nothing is registered then.
     """
     _ensure_loaded()
-    _add(preset)
+    with _LOCK:
+        _add(preset)
     return preset
 
 
@@ -55,21 +57,28 @@ def _add(preset) -> None:
         _SELECTIONS[preset.selection] = preset.name
 
 
+_LOCK = threading.Lock()  # the first lookups may come from several threads at once (fpn-lab batch)
+
+
 def _ensure_loaded() -> None:
-    """Register :data:`fpn_lab.models.presets.PRESETS` once; a duplicate in it empties the registry and raises."""
+    """Register :data:`fpn_lab.models.presets.PRESETS` once (thread-safe); a duplicate in it empties
+    the registry and raises."""
     global _loaded
     if _loaded:
         return
     from fpn_lab.models.presets import PRESETS
 
-    try:
-        for preset in PRESETS:
-            _add(preset)
-    except ModelError:
-        for table in (_PRESETS, _ALIASES, _SELECTIONS):
-            table.clear()
-        raise
-    _loaded = True
+    with _LOCK:
+        if _loaded:  # another thread filled it while this one waited
+            return
+        try:
+            for preset in PRESETS:
+                _add(preset)
+        except ModelError:
+            for table in (_PRESETS, _ALIASES, _SELECTIONS):
+                table.clear()
+            raise
+        _loaded = True
 
 
 def list_models(include: str = "*", exclude: str | None = None) -> list[str]:

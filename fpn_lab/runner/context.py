@@ -141,8 +141,18 @@ def git_commit() -> str | None:
         return None
 
 
+#: Notebook parameters that steer the run itself and are not recorded in ``metrics.json``.
+RUN_ONLY_PARAMS = ("run_dir", "interactive")
+
+
 class Run:
-    """One notebook run: its folder, parameters and phase timings.
+    """One notebook run: its folder, parameters, phase timings and ``metrics.json``.
+
+    A notebook starts it with :meth:`start` (parameters checked, generators seeded, threads set),
+    gives the learner :meth:`callbacks` (one line per epoch in ``run.log``; ``lr_find`` and
+    training timed), evaluates through :meth:`evaluate` (``predictions.json``,
+    ``ground_truth.json``) and ends with :meth:`finish`. Nothing of this shows in its cells but
+    those four calls.
 
     Args:
         params: the notebook's parameters (recorded in ``metrics.json``).
@@ -157,6 +167,48 @@ class Run:
         self.timing: dict[str, float] = {}
         self.peak_rss_mb: dict[str, float] = {}
         self.started = time.perf_counter()
+        self.preset = None
+        self.threads = None
+        self.result: dict | None = None
+        self.evaluated_images = 0
+
+    @classmethod
+    def start(cls, namespace: dict, notebook: str | Path = "notebooks/getting_started.ipynb") -> Run:
+        """Start a run of ``notebook`` from its parameters as they stand in ``namespace`` (the
+        notebook's ``globals()``, after papermill's injected cell or the user's edits).
+
+        Checks every parameter as the headless runner does (:func:`~fpn_lab.runner.params.validate_params`,
+        so an interactive run fails here too, before any work), resolves ``selection``
+        (:func:`~fpn_lab.models.registry.get_preset`), seeds Python, numpy and torch
+        (:func:`set_seed`), sets torch's threads (:func:`~fpn_lab.threads.configure_threads`) and
+        makes the run folder (``run_dir``, ``runs/<run_name>``, or ``runs/<timestamp>-<preset>``).
+        Prints one line saying what it chose.
+
+        Raises:
+            ParamsError: a parameter is missing from ``namespace`` or invalid.
+        """
+        from fpn_lab.errors import ParamsError
+        from fpn_lab.models.registry import get_preset
+        from fpn_lab.runner.params import notebook_parameters, validate_params
+        from fpn_lab.threads import configure_threads
+
+        path = project_path(notebook)
+        spec = notebook_parameters(path)
+        missing = [k for k in spec if k not in namespace]
+        if missing:
+            raise ParamsError(f"Run.start: parameters {missing} of {path.name} are not defined; run the parameters "
+                              "cell first.")
+        params = {k: namespace[k] for k in spec if k not in RUN_ONLY_PARAMS}
+        params, _ = validate_params(params, path, spec)
+        preset = get_preset(params["selection"])
+        run_dir, run_name = namespace.get("run_dir"), params.get("run_name")
+        run = cls(params, run_dir=run_dir or (f"runs/{run_name}" if run_name else None), preset_name=preset.name)
+        run.preset = preset
+        set_seed(params["seed"])
+        run.threads = configure_threads(params.get("num_threads", 0))
+        print(f"preset: {preset.name} ({preset.description}); seed {params['seed']}; {run.threads.count} torch threads "
+              f"({run.threads.reason}); run folder: {display_path(run.dir)}")
+        return run
 
     @contextlib.contextmanager
     def phase(self, name: str):
@@ -187,8 +239,48 @@ class Run:
 
         return EpochLine(file=self.path("run.log"))
 
+    def callbacks(self) -> list:
+        """The learner's run callbacks: :meth:`progress_callback` and a timer of each fit
+        (:class:`~fpn_lab.learner.progress.PhaseTimer`: ``setup`` until the first fit, then
+        ``lr_find`` and ``training``)."""
+        from fpn_lab.learner.progress import PhaseTimer
+
+        return [self.progress_callback(), PhaseTimer(self)]
+
+    def evaluate(self, model, dataset, class_map) -> dict:
+        """COCO evaluation of ``model`` on ``dataset`` (:func:`~fpn_lab.inference.evaluate`),
+        timed as ``evaluation``; writes ``predictions.json`` (COCO results, the dataset's own ids)
+        and ``ground_truth.json`` (what they were scored against) and keeps the result for
+        :meth:`finish`. Returns the result dict (``AP``, ``AP50``, ... ``per_class_AP``)."""
+        from fpn_lab.inference import evaluate
+        from fpn_lab.metrics.coco import records_to_coco
+
+        with self.phase("evaluation"):
+            result, detections = evaluate(model, dataset, class_map)
+        write_json_atomic(self.path("predictions.json"), detections)
+        write_json_atomic(self.path("ground_truth.json"), records_to_coco(dataset.records, class_map))
+        self.result, self.evaluated_images = result, len(dataset)
+        return result
+
     def finish(self, **sections) -> Path:
-        """Write ``metrics.json`` with ``status: ok`` and the given sections (see module docstring)."""
+        """Write ``metrics.json`` with ``status: ok`` and the given sections (see module docstring).
+
+        A run begun with :meth:`start` adds ``preset``, ``seed`` and ``threads``; one evaluated with
+        :meth:`evaluate` adds ``metrics`` and ``inference_ms_per_image``. Sections given as objects
+        are recorded as data: ``dataset`` (a :class:`~fpn_lab.data.datasets.DatasetSplit`: its
+        ``as_dict``), ``model`` (parameter count, neck type, levels) and ``learn`` (a fastai
+        ``Learner``: its per-epoch ``history``).
+
+        Raises:
+            TrainingError: a run started with :meth:`start` finishes without :meth:`evaluate`
+                (``metrics.json`` would say ``ok`` without metrics).
+        """
+        from fpn_lab.errors import TrainingError
+
+        if self.preset is not None and self.result is None and "metrics" not in sections:
+            raise TrainingError("Run.finish: no evaluation was recorded; call run.evaluate(model, valid_ds, class_map) "
+                                "first, so metrics.json holds the metrics it reports.")
+        sections = self._as_data(sections)
         self.timing["total_notebook"] = time.perf_counter() - self.started
         self._record_peak_rss("total_notebook")
         data = {"schema_version": SCHEMA_VERSION, "status": "ok", "params": self.params, **sections,
@@ -197,3 +289,24 @@ class Run:
                 "git_commit": git_commit(), "host": {"cpus": os.cpu_count(), "platform": platform.platform()},
                 "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         return write_json_atomic(self.path("metrics.json"), data)
+
+    def _as_data(self, sections: dict) -> dict:
+        out = {}
+        if self.preset is not None:
+            out.update(preset=self.preset.name, seed=self.params.get("seed"),
+                       threads={"count": self.threads.count, "reason": self.threads.reason})
+        if self.result is not None:
+            out.update(metrics=self.result, inference_ms_per_image=round(
+                1000 * self.timing.get("evaluation", 0.0) / max(1, self.evaluated_images), 1))
+        for key, value in sections.items():
+            if key == "dataset" and hasattr(value, "as_dict"):
+                value = value.as_dict(display_path)
+            elif key == "model" and hasattr(value, "num_classes") and hasattr(value, "levels"):
+                value = {"params": sum(p.numel() for p in value.parameters()), "neck": type(value.neck).__name__,
+                         "levels": list(value.levels)}
+            elif key == "learn" and hasattr(value, "recorder"):
+                from fpn_lab.learner.learner import history
+
+                key, value = "history", history(value)
+            out[key] = value
+        return out

@@ -191,6 +191,9 @@ def _check_values(params: dict) -> None:
         check_num_threads(params["num_threads"])
     if "one_cycle" in params:
         check_one_cycle(params["one_cycle"])
+    for key in ("epochs", "batch_size"):
+        if isinstance(params.get(key), int) and params[key] < 1:
+            raise ParamsError(f"{key}: {params[key]} must be a positive int.")
     if isinstance(params.get("no_aug_epochs"), int) and params["no_aug_epochs"] < 0:
         raise ParamsError(f"no_aug_epochs: {params['no_aug_epochs']} must be >= 0 (0: off; N: the last N epochs "
                           "without augmentation).")

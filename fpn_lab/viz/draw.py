@@ -49,38 +49,63 @@ def _grid(n: int, ncols: int, size: float = 3.2):
     return fig, axes.flat
 
 
-def show_samples(dataset, class_names: Sequence[str], n: int = 6, ncols: int = 3, seed: int = 0):
-    """Draw ``n`` transformed samples of a :class:`~fpn_lab.data.dataloaders.Dataset` with their boxes."""
-    idx = np.random.default_rng(seed).choice(len(dataset), size=min(n, len(dataset)), replace=False)
-    fig, axes = _grid(len(idx), ncols)
-    for ax, i in zip(axes, idx):
-        img, t = dataset[int(i)]
-        draw_boxes(ax, img, t["boxes"].numpy(), t["labels"].numpy(), class_names,
-                   title=dataset.records[int(i)].filepath.name)
+def show_samples(samples, class_names: Sequence[str] | None = None, n: int = 6, ncols: int = 3, seed: int = 0):
+    """Draw transformed samples with their boxes (as the model receives them: letterboxed).
+
+    Args:
+        samples: a :class:`~fpn_lab.data.dataloaders.Dataset` (``n`` random items, chosen with
+            ``seed``), or a list of its items (IceVision's ``show_samples([train_ds[0] for _ in
+            range(3)], ncols=3)``: each call of a training dataset's item draws a new augmentation).
+        class_names: names per label; default the class map the parser attached to the records.
+    """
+    from fpn_lab.data.dataloaders import Dataset
+
+    if isinstance(samples, Dataset):
+        idx = np.random.default_rng(seed).choice(len(samples), size=min(n, len(samples)), replace=False)
+        items = [(samples[int(i)], samples.records[int(i)].filepath.name) for i in idx]
+    else:
+        items = [(s, "") for s in samples]
+    fig, axes = _grid(len(items), ncols)
+    for ax, ((img, t), title) in zip(axes, items):
+        labels = t["labels"].cpu().numpy()
+        names = class_names or _class_names(t, labels)
+        draw_boxes(ax, img, t["boxes"].cpu().numpy(), labels, names,
+                   title=title or f"{img.shape[1]}x{img.shape[0]} input")
     fig.tight_layout()
     return fig
 
 
-def show_batch(dls, class_names: Sequence[str], n: int = 6, ncols: int = 3):
-    """Draw the first ``n`` images of one training batch as the model receives them (letterboxed)."""
-    images, targets = dls.train.one_batch()
-    n = min(n, len(images))
-    fig, axes = _grid(n, ncols)
-    for ax, img, t in zip(axes, images[:n], targets[:n]):
-        draw_boxes(ax, img.permute(1, 2, 0).cpu().numpy(), t["boxes"].cpu().numpy(), t["labels"].cpu().numpy(),
-                   class_names, title=f"{img.shape[-1]}x{img.shape[-2]} input")
-    fig.tight_layout()
-    return fig
+def _class_names(target: dict, labels) -> list[str]:
+    """The class names of a sample's class map, or ``"label k"`` when it has none."""
+    cmap = target.get("class_map")
+    if cmap is not None:
+        return list(cmap.names)
+    return [f"label {i}" for i in range(int(labels.max()) + 1 if len(labels) else 1)]
+
+
+def show_batch(batch, class_names: Sequence[str] | None = None, n: int = 6, ncols: int = 3):
+    """Draw the first ``n`` images of a batch as the model receives them (letterboxed).
+
+    Args:
+        batch: ``(uint8[B, 3, S, S] images, targets)`` (IceVision's ``first(valid_dl)``), or fastai
+            ``DataLoaders`` (one training batch is drawn).
+        class_names: names per label; default the class map the parser attached to the records.
+    """
+    images, targets = batch.train.one_batch() if hasattr(batch, "train") else batch
+    return show_samples([(img.permute(1, 2, 0).cpu().numpy(), t) for img, t in zip(images[:n], targets[:n])],
+                        class_names, ncols=ncols)
 
 
 def show_results(images: Sequence[np.ndarray], records, predictions: Sequence[dict], class_names: Sequence[str],
-                 threshold: float = 0.4):
-    """Ground truth (left) beside predictions scoring >= ``threshold`` (right), in original pixels."""
+                 threshold: float = 0.4, titles: Sequence[str] = ()):
+    """Ground truth (left) beside predictions scoring >= ``threshold`` (right), in original pixels;
+    ``titles`` replace the left panels' titles (default: file name)."""
     n = len(images)
     fig, axes = plt.subplots(n, 2, figsize=(8, 3.2 * n), squeeze=False)
     for row, (img, rec, pred) in enumerate(zip(images, records, predictions)):
         keep = pred["scores"] >= threshold
-        draw_boxes(axes[row, 0], img, rec.boxes, rec.labels, class_names, title=f"{rec.filepath.name}: ground truth")
+        draw_boxes(axes[row, 0], img, rec.boxes, rec.labels, class_names,
+                   title=titles[row] if row < len(titles) else f"{rec.filepath.name}: ground truth")
         draw_boxes(axes[row, 1], img, pred["boxes"][keep], pred["labels"][keep], class_names, pred["scores"][keep],
                    title=f"predictions (score >= {threshold})")
     fig.tight_layout()

@@ -1,4 +1,6 @@
-"""COCO AP@[.5:.95] and AP50 as fastai metrics, computed once per validation pass."""
+"""COCO AP@[.5:.95] and AP50 as fastai metric columns (:class:`COCOStat`), computed once per validation pass.
+
+IceVision's ``COCOMetric`` (:mod:`fpn_lab.icevision.metric`) asks the learner for these columns."""
 
 from __future__ import annotations
 
@@ -42,10 +44,10 @@ class COCOAccumulator:
         return self.result
 
 
-class COCOMetric(Metric):
+class COCOStat(Metric):
     """One COCO statistic (``"AP"``, ``"AP50"``, ...) as a fastai metric column.
 
-    Several :class:`COCOMetric` objects share one :class:`COCOAccumulator`; only the first
+    Several :class:`COCOStat` objects share one :class:`COCOAccumulator`; only the first
     (``primary=True``) collects detections, so the COCO evaluation runs once per epoch.
     """
 
@@ -71,7 +73,7 @@ class COCOMetric(Metric):
         return self.key
 
 
-def coco_metrics(keys=("AP", "AP50")) -> list[COCOMetric]:
+def coco_metrics(keys=("AP", "AP50")) -> list[COCOStat]:
     """fastai metrics for the given COCO stats, sharing one accumulator (``metrics[0].acc``)."""
     acc = COCOAccumulator()
-    return [COCOMetric(k, acc, primary=(i == 0)) for i, k in enumerate(keys)]
+    return [COCOStat(k, acc, primary=(i == 0)) for i, k in enumerate(keys)]
