@@ -142,6 +142,10 @@ def test_unknown_names_say_what_is_offered():
     with pytest.raises(ModelError, match="EfficientDet"):  # noqa: F405
         models.ross  # noqa: B018,F405
     yolox = models.mmdet.yolox  # noqa: F405
+    with pytest.raises(ModelError, match="fastai only"):  # noqa: F405
+        yolox.lightning  # noqa: B018
+    with pytest.raises(DataError, match="box detectors only"):  # noqa: F405
+        parsers.COCOMaskParser  # noqa: B018,F405
     with pytest.raises(ModelError, match="belongs to models.mmdet.vfnet"):  # noqa: F405
         vfnet_backbone = models.mmdet.vfnet.backbones.resnet50_fpn_1x(pretrained=False)  # noqa: F405
         yolox.model(backbone=vfnet_backbone, num_classes=2)

@@ -30,9 +30,23 @@ class IceVisionCOCOBBoxParser(COCOBBoxParser):
         super().__init__(annotations_filepath, img_dir, **kwargs)
 
 
+class _Parsers(SimpleNamespace):
+    """``parsers``: the box parsers; IceVision's mask and keypoint parsers raise with the reason."""
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        from fpn_lab.errors import DataError
+
+        why = ("fpn_lab trains box detectors only (no masks or keypoints)" if "Mask" in name or "Keypoint" in name
+               else "not an fpn_lab parser")
+        raise DataError(f"parsers.{name}: {why}. Parsers: VOCBBoxParser (Pascal VOC XML) and COCOBBoxParser (COCO "
+                        "JSON); any other source can be turned into Record objects directly.")
+
+
 #: ``parsers.VOCBBoxParser(annotations_dir=..., images_dir=...)``,
 #: ``parsers.COCOBBoxParser(annotations_filepath=..., img_dir=...)``.
-parsers = SimpleNamespace(VOCBBoxParser=VOCBBoxParser, COCOBBoxParser=IceVisionCOCOBBoxParser)
+parsers = _Parsers(VOCBBoxParser=VOCBBoxParser, COCOBBoxParser=IceVisionCOCOBBoxParser)
 #: ``tfms.A.Adapter``, ``tfms.A.aug_tfms``, ``tfms.A.resize_and_pad``, ``tfms.A.Normalize``.
 tfms = SimpleNamespace(A=A)
 

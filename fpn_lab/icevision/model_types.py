@@ -123,6 +123,12 @@ class ModelType:
     def __repr__(self) -> str:
         return f"models.mmdet.{self.arch}"
 
+    @property
+    def lightning(self):
+        """IceVision's PyTorch Lightning adapter is not offered: raises with the alternative."""
+        raise ModelError(f"models.mmdet.{self.arch}.lightning: fpn_lab trains through fastai only; use "
+                         f"models.mmdet.{self.arch}.fastai.learner(dls=[train_dl, valid_dl], model=model, metrics=...).")
+
     # -- model ------------------------------------------------------------------------------
     def model(self, backbone: Backbone, num_classes: int, **extra_args):
         """Build the detector: IceVision's ``model_type.model(backbone=..., num_classes=...)``.
