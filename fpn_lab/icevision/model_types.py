@@ -211,8 +211,8 @@ class ModelType:
         return self._dl(dataset, batch_size, num_workers, shuffle, drop_last, seed)
 
     def valid_dl(self, dataset, batch_size: int = 8, num_workers: int = 0, shuffle: bool = False):
-        """Validation DataLoader: every image, in order (``shuffle=True`` is refused: the COCO
-        metric matches detections to records by image id, but a shuffled order helps nothing)."""
+        """Validation DataLoader: every image, in the dataset's order (``shuffle=True`` is refused:
+        drawings and predictions follow the records' order)."""
         if shuffle:
             raise DataError("valid_dl(shuffle=True): validation keeps the dataset's order; pass shuffle=False.")
         return self._dl(dataset, batch_size, num_workers, False, False, None)
@@ -245,8 +245,8 @@ class ModelType:
         import torch
         from fastai.data.core import DataLoaders
 
-        from fpn_lab.icevision.metric import COCOMetric
         from fpn_lab.icevision.adapter import for_model
+        from fpn_lab.icevision.metric import COCOMetric
         from fpn_lab.learner.learner import make_learner
 
         if isinstance(dls, DataLoaders):
