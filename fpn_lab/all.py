@@ -7,6 +7,8 @@ with only its import line changed, and fpn_lab's own (``open_dataset``, ``build_
 from the defining modules.
 """
 
+from pathlib import Path
+
 from fastcore.basics import first
 
 from fpn_lab.checkpoint import check_reload, load_checkpoint, save_checkpoint
@@ -38,9 +40,9 @@ from fpn_lab.viz.picker import ModelPicker
 
 __all__ = [
     # IceVision's getting-started names
-    "COCOMetric", "COCOMetricType", "ClassMap", "Dataset", "FixedSplitter", "RandomSplitter", "SingleSplitSplitter",
-    "first", "model_choice", "model_from_checkpoint", "models", "parsers", "save_icevision_checkpoint", "show_preds", "show_samples",
-    "tfms",
+    "COCOMetric", "COCOMetricType", "ClassMap", "Dataset", "FixedSplitter", "Path", "RandomSplitter",
+    "SingleSplitSplitter", "first", "model_choice", "model_from_checkpoint", "models", "parsers",
+    "save_icevision_checkpoint", "show_preds", "show_samples", "tfms",
     # fpn_lab's own
     "COCOBBoxParser", "DataError", "ModelError", "ModelPicker", "ParamsError", "Record", "Run", "TrainingError",
     "VOCBBoxParser", "VOCImageSetSplitter", "aug_tfms", "build_model", "check_reload", "configure_threads",

@@ -44,7 +44,7 @@ def test_getting_started_sequence(selection, tmp_path, no_network):
     parser = parsers.VOCBBoxParser(annotations_dir=DATA / "fridge" / "annotations",  # noqa: F405
                                    images_dir=DATA / "fridge" / "images")
     train_records, valid_records = parser.parse()
-    assert (len(train_records), len(valid_records)) == (5, 1)  # IceVision's RandomSplitter([0.8, 0.2])
+    assert (len(train_records), len(valid_records)) == (5, 1)  # 80/20, rounded
     assert parser.class_map.get_classes() == ["can", "carton", "milk_bottle", "water_bottle"]
 
     with warnings.catch_warnings():
@@ -55,6 +55,9 @@ def test_getting_started_sequence(selection, tmp_path, no_network):
     valid_ds = Dataset(valid_records, valid_tfms)  # noqa: F405
     samples = [train_ds[0] for _ in range(3)]
     fig = show_samples(samples, ncols=3)  # noqa: F405
+    show_samples(samples, parser.class_map, ncols=3)  # noqa: F405  (a class map where names go)
+    with pytest.raises(DataError, match="autofix"):  # noqa: F405
+        parser.parse(autofix=False)
     assert [t.get_text() for t in fig.axes[0].texts][0].split()[0] in parser.class_map.names
 
     model_type, backbone = icevision_selection(selection)
@@ -104,6 +107,8 @@ def test_getting_started_sequence(selection, tmp_path, no_network):
                               backbone_name=backbone.backbone_name, img_size=SIZE,
                               classes=parser.class_map.get_classes(), filename=ckpt)
     loaded = model_from_checkpoint(ckpt)  # noqa: F405
+    with pytest.warns(UserWarning, match="leaving out 'background'"):
+        model_from_checkpoint(ckpt, classes=["background", *parser.class_map.get_classes()])  # noqa: F405
     assert loaded["model_type"] is model_type and loaded["backbone"].preset == backbone.preset
     assert loaded["class_map"].get_classes() == parser.class_map.get_classes() and loaded["img_size"] == SIZE
 
@@ -199,6 +204,8 @@ def test_adapter_refuses_what_it_cannot_do():
         tfms.A.Adapter([*tfms.A.resize_and_pad(64), A.Blur()])  # noqa: F405
     with pytest.raises(ParamsError, match="rgb_shift"):  # noqa: F405
         tfms.A.aug_tfms(64, rgb_shift=True)  # noqa: F405
+    with pytest.raises(ParamsError, match="'lighting' is IceVision's"):  # noqa: F405
+        tfms.A.aug_tfms(64, lighting=None)  # noqa: F405
     aug = tfms.A.Adapter([*tfms.A.aug_tfms(64), A.ToGray(p=1.0)])  # noqa: F405  (extra steps join the augmentation)
     assert type(aug.pipeline.transforms[-1]).__name__ == "ToGray"
 

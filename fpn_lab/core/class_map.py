@@ -39,8 +39,9 @@ class ClassMap:
             error; names that differ only by case, spaces or punctuation are an error too, since
             they almost always mean the same class written two ways.
         category_ids: the source's category id per label (ints, unique); default ``label + 1``.
-        background: IceVision's argument (the background class's index). Accepted for code moving
-            from IceVision with a warning that there is no background class; ``None`` (default) is silent.
+        background: IceVision's argument (the name of a background class it put at index 0).
+            Accepted for code moving from IceVision with a warning that there is no background
+            class; ``None`` (default) is silent.
 
     Warns:
         UserWarning: ``background`` is given, or the first name is ``"background"`` (an IceVision

@@ -28,7 +28,8 @@ log = logging.getLogger("fpn_lab.data")
 
 #: Individually logged problems per parse; the rest are counted in the report only.
 MAX_LOGGED = 50
-#: ``parse()``'s split without a splitter: IceVision's ``RandomSplitter([0.8, 0.2])``.
+#: ``parse()``'s split without a splitter: IceVision's proportions, ``RandomSplitter([0.8, 0.2])`` (seeded; each
+#: split's size is rounded from its share, so with a handful of images IceVision's sizes may differ by one).
 DEFAULT_SPLIT = (0.8, 0.2)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -159,25 +160,31 @@ class _Parser:
         log.info("%s", rep)
         return records
 
-    def parse(self, data_splitter=None):
+    def parse(self, data_splitter=None, autofix: bool = True):
         """Parse the annotations and split the records, as IceVision's ``parser.parse``.
 
         Args:
             data_splitter: a splitter (:mod:`fpn_lab.data.splits`); default
                 ``RandomSplitter([0.8, 0.2])`` (seed 42), IceVision's default split.
                 ``SingleSplitSplitter()`` gives every record in one list.
+            autofix: IceVision's switch; fpn_lab always applies its box rules (clip to the image,
+                drop empty boxes, each counted and logged in :attr:`report`), which is ``True``.
 
         Returns:
             One ``list[Record]`` per split: ``train_records, valid_records = parser.parse()``.
             Every record's ``class_map`` is :attr:`class_map`.
 
         Raises:
-            DataError: unreadable annotations, an unknown or ambiguous class name, a missing or
-                undecodable (truncated, corrupt) image or a COCO annotation naming an image id
+            DataError: ``autofix`` other than True, unreadable annotations, an unknown or ambiguous
+                class name, a missing or undecodable (truncated, corrupt) image or a COCO annotation naming an image id
                 absent from ``images`` (both with ``strict=True``), or no usable image at all.
         """
         from fpn_lab.data.splits import RandomSplitter
 
+        if autofix is not True:
+            raise DataError(f"parse(autofix={autofix!r}): fpn_lab always clips boxes to the image and drops empty "
+                            "ones, counting each in parser.report (IceVision's autofix=True); check parser.report after "
+                            "parse() instead of turning it off.")
         records = self._finish(self._parse())
         for r in records:
             r.class_map = self.class_map

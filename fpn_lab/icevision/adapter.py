@@ -35,7 +35,7 @@ DEFAULT_PAD = (114.0, 114.0, 114.0)
 ICEVISION_ONLY_AUG_ARGS = {
     "shift_scale_rotate": "scale=(lo, hi) and translate=fraction (an albumentations Affine, no rotation)",
     "rgb_shift": "color=True (mmdet YOLOX's HSV jitter) or add A.RGBShift(...) to the Adapter list",
-    "lightning": "color=True, or add A.RandomBrightnessContrast(...) to the Adapter list",
+    "lighting": "color=True, or add A.RandomBrightnessContrast(...) to the Adapter list",
     "blur": "add A.Blur(...) to the Adapter list",
     "crop_fn": "add an albumentations crop to the Adapter list",
 }
@@ -95,7 +95,7 @@ def aug_tfms(size: int, presize: int | None = None, pad: Sequence[float] | None 
 
     Raises:
         ParamsError: an IceVision-only keyword (``shift_scale_rotate``, ``rgb_shift``,
-            ``lightning``, ``blur``, ``crop_fn``), named with what to use instead.
+            ``lighting``, ``blur``, ``crop_fn``), named with what to use instead.
     """
     bad = {k: ICEVISION_ONLY_AUG_ARGS[k] for k in options if k in ICEVISION_ONLY_AUG_ARGS}
     if bad:

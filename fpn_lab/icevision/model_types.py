@@ -127,7 +127,8 @@ class ModelType:
     def lightning(self):
         """IceVision's PyTorch Lightning adapter is not offered: raises with the alternative."""
         raise ModelError(f"models.mmdet.{self.arch}.lightning: fpn_lab trains through fastai only; use "
-                         f"models.mmdet.{self.arch}.fastai.learner(dls=[train_dl, valid_dl], model=model, metrics=...).")
+                         f"models.mmdet.{self.arch}.fastai.learner(dls=[train_dl, valid_dl], model=model, "
+                         "metrics=...).")
 
     # -- model ------------------------------------------------------------------------------
     def model(self, backbone: Backbone, num_classes: int, **extra_args):
@@ -622,8 +623,9 @@ def model_from_checkpoint(filename, model_name: str | None = None, backbone_name
         it is compared with, since the layouts differ in float rounding).
 
     Raises:
-        ModelError: ``model_name``, ``backbone_name``, ``classes`` or ``img_size`` given and
-            different from the checkpoint's, or an argument fpn_lab has no use for.
+        ModelError: ``model_name``, ``backbone_name``, ``classes`` (a leading ``"background"``
+            left out, with a warning) or ``img_size`` given and different from the checkpoint's,
+            or an argument fpn_lab has no use for.
     """
     from fpn_lab.checkpoint import load_checkpoint
     from fpn_lab.core.class_map import ClassMap
@@ -632,7 +634,13 @@ def model_from_checkpoint(filename, model_name: str | None = None, backbone_name
     if unused:
         raise ModelError(f"model_from_checkpoint got {sorted(unused)}; fpn_lab checkpoints carry their preset, classes "
                          "and image size, so only filename (and device) are needed.")
-    model, info = load_checkpoint(filename, class_map=list(classes) if classes is not None else None)
+    if classes is not None:
+        classes = list(classes)
+        if classes and str(classes[0]).casefold() == "background":  # IceVision's class lists started with it
+            warnings.warn("model_from_checkpoint: leaving out 'background' from classes: fpn_lab's models have no "
+                          "background class.", stacklevel=2)
+            classes = classes[1:]
+    model, info = load_checkpoint(filename, class_map=classes)
     model = place_model(model, device, channels_last=channels_last)
     _check_names(model, model_name, backbone_name)
     if img_size is not None and int(img_size) != int(info["image_size"]):

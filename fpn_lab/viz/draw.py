@@ -56,9 +56,12 @@ def show_samples(samples, class_names: Sequence[str] | None = None, n: int = 6, 
         samples: a :class:`~fpn_lab.data.dataloaders.Dataset` (``n`` random items, chosen with
             ``seed``), or a list of its items (IceVision's ``show_samples([train_ds[0] for _ in
             range(3)], ncols=3)``: each call of a training dataset's item draws a new augmentation).
-        class_names: names per label; default the class map the parser attached to the records.
+        class_names: names per label, or a :class:`~fpn_lab.core.class_map.ClassMap`; default the
+            class map the parser attached to the records.
     """
     from fpn_lab.data.dataloaders import Dataset
+
+    class_names = getattr(class_names, "names", class_names)
 
     if isinstance(samples, Dataset):
         idx = np.random.default_rng(seed).choice(len(samples), size=min(n, len(samples)), replace=False)
