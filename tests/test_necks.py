@@ -15,18 +15,20 @@ from fpn_lab.models.build import build_model
 DETECTORS = ["vfnet_r50_fpn_1x", "retinanet_r18_fpn_1x", "yolox_tiny_pafpn_300e"]
 
 
-@pytest.mark.parametrize("neck", ["fpn", "pafpn", "nasfpn"])
+NECK_CLASSES = {"fpn": "FPN", "pafpn": "PAFPN", "nasfpn": "NASFPN", "bifpn": "BiFPN", "channel_mapper": "ChannelMapper"}
+P3_P7 = ("P3", "P4", "P5", "P6", "P7")
+
+
+@pytest.mark.parametrize("neck", list(NECK_CLASSES))
 @pytest.mark.parametrize("name", DETECTORS)
 def test_each_detector_with_each_neck(name, neck, bccd_records):
-    if neck == "nasfpn" and name.startswith("yolox"):
-        with pytest.raises(ModelError, match="NAS-FPN needs five levels P3-P7.*uses 3 \\(P3, P4, P5\\)"):
-            build_model(name, num_classes=3, neck=neck)
-        return
     _, train, _ = bccd_records
     model = build_model(name, num_classes=3, neck=neck)
-    expected = {"fpn": "FPN", "pafpn": "YOLOXPAFPN" if name.startswith("yolox") else "PAFPN", "nasfpn": "NASFPN"}[neck]
+    yolox = name.startswith("yolox")
+    expected = "YOLOXPAFPN" if yolox and neck == "pafpn" else NECK_CLASSES[neck]
     assert type(model.neck).__name__ == expected
-    assert model.levels == (("P3", "P4", "P5") if name.startswith("yolox") else ("P3", "P4", "P5", "P6", "P7"))
+    # YOLOX's head takes the strides it is given: NAS-FPN's five levels, or its own three
+    assert model.levels == (P3_P7 if not yolox or neck == "nasfpn" else ("P3", "P4", "P5"))
     images, targets = collate([Dataset(train[:2], resize_and_pad(128))[i] for i in range(2)])
     model.train()
     out = model(images, targets)
@@ -34,7 +36,50 @@ def test_each_detector_with_each_neck(name, neck, bccd_records):
     assert math.isfinite(float(out["loss"]))
     model.eval()
     with torch.no_grad():
+        feats = model.detector.extract_feat(model.preprocess(images, targets, training=False)[0])
+        assert [128 // f.shape[-1] for f in feats] == [2 ** int(lv[1:]) for lv in model.levels]
         assert len(model.predict(images, [t["geometry"] for t in targets])) == 2
+
+
+def test_bifpn_on_yolox_with_five_levels_and_its_arguments(bccd_records):
+    _, train, _ = bccd_records
+    model = build_model("yolox_tiny_pafpn_300e", num_classes=3, neck="bifpn",
+                        neck_args={"num_outs": 5, "num_repeats": 2, "fusion": "softmax", "out_channels": 64})
+    assert model.levels == P3_P7 and tuple(model.detector.bbox_head.strides) == (8, 16, 32, 64, 128)
+    assert len(model.neck.layers) == 2 and model.cfg.model.bbox_head.in_channels == 64
+    images, targets = collate([Dataset(train[:2], resize_and_pad(96))[i] for i in range(2)])
+    model.train()
+    model(images, targets)["loss"].backward()
+    with pytest.raises(ModelError, match="fusion 'max' is not one of"):
+        build_model("yolox_tiny_pafpn_300e", num_classes=3, neck="bifpn", neck_args={"fusion": "max"})
+    with pytest.raises(ModelError, match="takes .*not \\['add_extra_convs'\\]"):
+        build_model("yolox_tiny_pafpn_300e", num_classes=3, neck="bifpn", neck_args={"add_extra_convs": "on_input"})
+
+
+@pytest.mark.parametrize("fusion", ["fast", "softmax", "sum"])
+def test_bifpn_fusion_weights_stay_non_negative_and_sum_to_one(fusion):
+    """EfficientDet's fast normalised fusion (eq. 3): relu(w) / (sum relu(w) + eps), even after the
+    weights are pushed negative by training; softmax likewise; plain sum weighs every input 1."""
+    from fpn_lab.mmdet_adapter.bifpn import BiFPN
+
+    torch.manual_seed(0)
+    neck = BiFPN([16, 32, 64], out_channels=8, num_outs=5, num_repeats=2, fusion=fusion)
+    if fusion != "sum":
+        with torch.no_grad():
+            for node in (m for m in neck.modules() if hasattr(m, "normalized_weights")):
+                node.weight.copy_(torch.randn_like(node.weight) * 3)  # some negative
+    nodes = [m for m in neck.modules() if hasattr(m, "normalized_weights")]
+    assert len(nodes) == 2 * (4 + 4)  # per layer: 4 top-down and 4 bottom-up nodes for 5 levels
+    for node in nodes:
+        w = node.normalized_weights()
+        assert (w >= 0).all()
+        if fusion == "sum":
+            assert torch.equal(w, torch.ones_like(w))
+        elif fusion == "softmax" or (torch.relu(node.weight).sum() > 0):
+            torch.testing.assert_close(w.sum(), torch.tensor(1.0), atol=1e-3, rtol=0)
+    x = [torch.randn(2, c, 96 // s, 96 // s) for c, s in ((16, 8), (32, 16), (64, 32))]  # 96 px: not a power of 2
+    out = neck(x)
+    assert [tuple(o.shape) for o in out] == [(2, 8, 12, 12), (2, 8, 6, 6), (2, 8, 3, 3), (2, 8, 2, 2), (2, 8, 1, 1)]
 
 
 def test_fpn_arguments_override_and_head_channels_follow():
@@ -43,7 +88,7 @@ def test_fpn_arguments_override_and_head_channels_follow():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"neck": "bifpn"}, "unknown neck 'bifpn'"),
+    ({"neck": "bifpnx"}, "unknown neck 'bifpnx'"),
     ({"neck_args": {"channels": 8}}, "unknown neck argument"),
     ({"neck_args": {"num_outs": 4}}, "num_outs: this neck gives strides"),
     ({"neck_args": {"start_level": 2}}, "start_level: this neck gives strides"),
@@ -64,8 +109,8 @@ def test_only_a_neck_the_head_cannot_use_is_neck_incompatible():
 
     assert issubclass(NeckIncompatibleError, ModelError)
     with pytest.raises(NeckIncompatibleError, match="NAS-FPN needs five levels"):
-        build_model("yolox_tiny_pafpn_300e", num_classes=3, neck="nasfpn")
-    for kwargs in ({"neck": "bifpn"}, {"neck_args": {"num_outs": 4}}, {"neck": "nasfpn", "neck_args": {"num_outs": 4}}):
+        build_model("yolox_tiny_pafpn_300e", num_classes=3, neck="nasfpn", neck_args={"num_outs": 3})
+    for kwargs in ({"neck": "bifpnx"}, {"neck_args": {"num_outs": 4}}, {"neck": "nasfpn", "neck_args": {"num_outs": 4}}):
         with pytest.raises(ModelError) as info:
             build_model("retinanet_r18_fpn_1x", num_classes=3, **kwargs)
         assert not isinstance(info.value, NeckIncompatibleError), (kwargs, info.value)

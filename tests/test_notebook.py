@@ -79,26 +79,26 @@ def test_an_explicit_run_dir_must_be_new_or_empty(tmp_path):
 
 
 def test_compare_necks_notebook(tmp_path):
-    overrides = {"selection": "yolox_tiny_pafpn_300e", "necks": ["fpn", "nasfpn"], "data_dir": "data/fridge",
+    overrides = {"selection": "retinanet_r18_fpn_1x", "necks": ["fpn", "nasfpn"], "data_dir": "data/fridge",
                  "split": "random", "image_size": 64, "batch_size": 2, "epochs": 1}
     run_dir, ok = run_notebook(notebook=ROOT / "notebooks" / "compare_necks.ipynb", overrides=overrides,
                                runs_dir=tmp_path, echo=False)
     assert ok, (run_dir / "run.log").read_text()[-3000:]
     rows = {r["neck"]: r for r in json.loads((run_dir / "metrics.json").read_text())["necks"]}
     assert rows["fpn"]["status"] == "ok" and rows["fpn"]["neck_type"] == "FPN" and rows["fpn"]["GFLOPs"] > 0
-    assert rows["nasfpn"]["status"].startswith("skipped: NAS-FPN needs five levels")
+    assert rows["nasfpn"]["status"] == "ok" and rows["nasfpn"]["levels"] == "P3-P4-P5-P6-P7"
 
 
 def test_compare_necks_fails_on_an_error_that_is_not_an_incompatible_neck(tmp_path):
     """Only "this head cannot use this neck" is a skipped row; any other error fails the run (an
     unknown neck name used to be recorded as skipped, and the run as ok)."""
-    overrides = {"selection": "yolox_tiny_pafpn_300e", "necks": ["bifpn", "fpn"], "data_dir": "data/fridge",
+    overrides = {"selection": "yolox_tiny_pafpn_300e", "necks": ["bifpnx", "fpn"], "data_dir": "data/fridge",
                  "split": "random", "image_size": 64, "batch_size": 2, "epochs": 1}
     run_dir, ok = run_notebook(notebook=ROOT / "notebooks" / "compare_necks.ipynb", overrides=overrides,
                                runs_dir=tmp_path, echo=False)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert not ok and metrics["status"] == "failed" and metrics["error"]["ename"] == "ModelError"
-    assert "unknown neck 'bifpn'" in metrics["error"]["evalue"]
+    assert "unknown neck 'bifpnx'" in metrics["error"]["evalue"]
 
 
 def _notebook_with_progress_lines(tmp_path):

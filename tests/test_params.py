@@ -96,7 +96,7 @@ def test_bad_values_fail_before_any_kernel(params, match):
 @pytest.mark.parametrize("params, match", [
     ({"epochs": None}, "epochs: got null, but it needs a int"),
     ({"run_name": "a/b"}, "must be a plain folder name"), ({"run_name": ".."}, "must be a plain folder name"),
-    ({"neck": "bifpn"}, "neck: 'bifpn' is not one of"), ({"weights": "nope.pth"}, "weights: 'nope.pth' is not a file"),
+    ({"neck": "bifpnx"}, "neck: 'bifpnx' is not one of"), ({"weights": "nope.pth"}, "weights: 'nope.pth' is not a file"),
     ({"opt": False}, "--set \"opt='no'\""),
     ({"num_threads": -1}, "num_threads must be 0"), ({"one_cycle": {"pct": 0.2}}, "unknown argument 'pct'"),
     ({"one_cycle": {"pct_start": 1.5}}, "pct_start must be a number between"),

@@ -36,14 +36,15 @@ def _iou(a, b):
     return inter / (area(a)[:, None] + area(b)[None] - inter)
 
 
-@pytest.mark.parametrize("name, lr", [("yolox_tiny_pafpn_300e", 3e-3), ("retinanet_r18_fpn_1x", 1e-3)])
-def test_overfit_two_images(fridge, name, lr):
+@pytest.mark.parametrize("name, neck, lr", [("yolox_tiny_pafpn_300e", None, 3e-3), ("retinanet_r18_fpn_1x", None, 1e-3),
+                                            ("yolox_tiny_pafpn_300e", "bifpn", 3e-3)])
+def test_overfit_two_images(fridge, name, neck, lr):
     parser, records = fridge
     set_seed(0)
     recs = records[:2]
     ds = Dataset(recs, resize_and_pad(128))
     dls = make_dataloaders(ds, ds, 2)
-    model = build_model(name, num_classes=len(parser.class_map))
+    model = build_model(name, num_classes=len(parser.class_map), neck=neck)
     losses = []
 
     class RawLoss(Callback):  # Recorder.losses are smoothed; keep the raw per-batch loss

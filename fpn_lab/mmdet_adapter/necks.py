@@ -1,10 +1,13 @@
-"""The neck as a choice: swap a preset's neck for FPN, PAFPN or NAS-FPN, keeping the head consistent.
+"""The neck as a choice: swap a preset's neck for FPN, PAFPN, NAS-FPN, BiFPN or ChannelMapper, keeping
+the head consistent.
 
 A head expects feature maps at fixed strides (YOLOX: 8, 16, 32 = P3-P5; RetinaNet and VFNet: 8 ...
 128 = P3-P7) with ``in_channels`` channels. :func:`set_neck` builds the new neck config from the
 preset's backbone outputs, checks that it yields exactly the head's strides, and sets the head's
 ``in_channels`` to the neck's ``out_channels``; a conflicting argument is an error that says which
-and why.
+and why. YOLOX's head takes the strides it is given, so on YOLOX a neck with five levels (NAS-FPN
+always; BiFPN, FPN or PAFPN with ``num_outs=5``) gives it P3-P7. ``channel_mapper`` (mmdet's
+``ChannelMapper``: a 3x3 convolution per level, no fusion between levels) is the control.
 """
 
 from __future__ import annotations
@@ -13,10 +16,19 @@ import math
 
 from fpn_lab.errors import ModelError, NeckIncompatibleError
 
-#: fpn_lab neck name -> mmdet neck type.
-NECK_TYPES = {"fpn": "FPN", "pafpn": "PAFPN", "nasfpn": "NASFPN"}
-#: The FPN arguments a user may override (mmdet ``FPN`` / ``PAFPN``; NAS-FPN takes the first four).
-FPN_ARGS = ("out_channels", "start_level", "add_extra_convs", "num_outs", "relu_before_extra_convs")
+#: fpn_lab neck name -> mmdet neck type (``fpn_lab.BiFPN``: :mod:`fpn_lab.mmdet_adapter.bifpn`).
+NECK_TYPES = {"fpn": "FPN", "pafpn": "PAFPN", "nasfpn": "NASFPN", "bifpn": "fpn_lab.BiFPN",
+              "channel_mapper": "ChannelMapper"}
+#: The arguments a user may override, per neck.
+NECK_ARGS = {
+    "fpn": ("out_channels", "start_level", "add_extra_convs", "num_outs", "relu_before_extra_convs"),
+    "pafpn": ("out_channels", "start_level", "add_extra_convs", "num_outs", "relu_before_extra_convs"),
+    "nasfpn": ("out_channels", "start_level", "num_outs"),
+    "bifpn": ("out_channels", "start_level", "num_outs", "num_repeats", "fusion"),
+    "channel_mapper": ("out_channels", "start_level", "num_outs"),
+}
+#: Every neck argument (the union of :data:`NECK_ARGS`).
+FPN_ARGS = tuple(dict.fromkeys(a for args in NECK_ARGS.values() for a in args))
 
 
 def backbone_strides(cfg) -> list[int]:
@@ -46,6 +58,8 @@ def neck_strides(cfg) -> list[int]:
     neck, bb = cfg.model.neck, backbone_strides(cfg)
     if neck.type == "YOLOXPAFPN":
         return bb
+    if neck.type == "ChannelMapper":  # every backbone output, then extra levels
+        return [*bb, *(bb[-1] * 2 ** (i + 1) for i in range(neck.get("num_outs", len(bb)) - len(bb)))]
     start = neck.get("start_level", 0)
     end = neck.get("end_level", -1)
     used = bb[start:] if end == -1 else bb[start:end]
@@ -59,13 +73,15 @@ def set_neck(cfg, preset, neck: str | None = None, **args) -> None:
     """Replace (or re-parameterise) ``cfg.model.neck``; see the module docstring.
 
     Args:
-        neck: ``"fpn"``, ``"pafpn"`` or ``"nasfpn"``; ``None`` keeps the preset's neck type (then
-            only FPN-type necks accept the FPN arguments).
-        **args: any of :data:`FPN_ARGS`.
+        neck: ``"fpn"``, ``"pafpn"``, ``"nasfpn"``, ``"bifpn"`` or ``"channel_mapper"``; ``None``
+            keeps the preset's neck type (then only FPN-type necks accept arguments).
+        **args: the neck's arguments (:data:`NECK_ARGS`); BiFPN's ``num_repeats`` (default 3) and
+            ``fusion`` (``"fast"``, ``"softmax"``, ``"sum"``; default ``"fast"``).
 
     Raises:
         NeckIncompatibleError: a neck that cannot give the head's levels (NAS-FPN needs five,
-            P3-P7) or, without arguments, other strides than the head's.
+            P3-P7, and only YOLOX's head can take five instead of three) or, without arguments,
+            other strides than the head's.
         ModelError: unknown neck or argument, or arguments whose levels or strides differ from the
             head's.
     """
@@ -82,32 +98,55 @@ def set_neck(cfg, preset, neck: str | None = None, **args) -> None:
         neck = {v: k for k, v in NECK_TYPES.items()}[old.type]
     if neck not in NECK_TYPES:
         raise ModelError(f"unknown neck {neck!r}; choose one of {sorted(NECK_TYPES)}.")
+    bad = sorted(set(args) - set(NECK_ARGS[neck]))
+    if bad:
+        raise ModelError(f"neck {neck!r} takes {list(NECK_ARGS[neck])}, not {bad}.")
     if preset.arch == "yolox" and neck == "pafpn" and not args:
         return  # YOLOX's own PAFPN (YOLOXPAFPN, with CSP blocks) is already the neck
     want = head_strides(cfg)
     bb = backbone_strides(cfg)
     start = args.get("start_level", bb.index(want[0]) if want[0] in bb else 0)
+    num_outs = args.get("num_outs", 5 if neck == "nasfpn" and preset.arch == "yolox" else len(want))
+    if preset.arch == "yolox" and num_outs != len(want) and 0 <= start < len(bb):
+        # YOLOX's head takes the strides it is given: P3-P5, or P3-P7 for a five-level neck
+        want = [bb[start] * 2 ** i for i in range(num_outs)]
+        cfg.model.bbox_head.strides = tuple(want)
     new = {"type": NECK_TYPES[neck], "in_channels": list(old.in_channels),
            "out_channels": args.get("out_channels", old.get("out_channels", 256)),
-           "start_level": start, "num_outs": args.get("num_outs", len(want))}
+           "start_level": start, "num_outs": num_outs}
     if neck == "nasfpn":
         if len(want) != 5:
             raise NeckIncompatibleError(f"NAS-FPN needs five levels P3-P7, but {preset.name}'s head uses "
                                         f"{len(want)} ({', '.join(level_names(want))}); choose neck 'fpn' or 'pafpn'.")
-        extra = sorted(set(args) - {"out_channels", "start_level", "num_outs"})
-        if extra:
-            raise ModelError(f"NAS-FPN takes out_channels, start_level and num_outs, not {extra}.")
         new.update(stack_times=7, norm_cfg={"type": "BN", "requires_grad": True})
+    elif neck == "bifpn":
+        from fpn_lab.mmdet_adapter.bifpn import FUSIONS
+
+        fusion = args.get("fusion", "fast")
+        repeats = args.get("num_repeats", 3)
+        if fusion not in FUSIONS:
+            raise ModelError(f"BiFPN fusion {fusion!r} is not one of {list(FUSIONS)}.")
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+            raise ModelError(f"BiFPN num_repeats must be a positive int; got {repeats!r}.")
+        new.update(num_repeats=repeats, fusion=fusion)
+    elif neck == "channel_mapper":  # uses every backbone output it is given: drop the ones below start_level
+        if not 0 <= start < len(bb):
+            raise ModelError(f"start_level {start} is outside the backbone's {len(bb)} outputs (strides {bb}).")
+        indices = list(cfg.model.backbone.get("out_indices", range(len(bb))))
+        cfg.model.backbone.out_indices = tuple(indices[start:])
+        new = {"type": "ChannelMapper", "in_channels": list(old.in_channels)[start:], "out_channels": new["out_channels"],
+               "kernel_size": 3, "norm_cfg": {"type": "BN", "requires_grad": True}, "num_outs": num_outs}
+        bb, start = bb[start:], 0
     else:
         needs_extra = new["num_outs"] > len(bb) - start
         new["add_extra_convs"] = args.get("add_extra_convs", old.get("add_extra_convs", "on_input") if needs_extra else False)
         new["relu_before_extra_convs"] = args.get("relu_before_extra_convs", old.get("relu_before_extra_convs", False))
-    if not 0 <= new["start_level"] < len(bb):
-        raise ModelError(f"start_level {new['start_level']} is outside the backbone's {len(bb)} outputs "
+    if not 0 <= new.get("start_level", 0) < len(bb):
+        raise ModelError(f"start_level {new.get('start_level', 0)} is outside the backbone's {len(bb)} outputs "
                          f"(strides {bb}).")
-    if new["num_outs"] < len(bb) - new["start_level"] and neck != "nasfpn":
-        raise ModelError(f"num_outs {new['num_outs']} is fewer than the {len(bb) - new['start_level']} backbone "
-                         f"levels from start_level {new['start_level']}; raise num_outs or start_level.")
+    if new["num_outs"] < len(bb) - new.get("start_level", 0) and neck != "nasfpn":
+        raise ModelError(f"num_outs {new['num_outs']} is fewer than the {len(bb) - new.get('start_level', 0)} backbone "
+                         f"levels from start_level {new.get('start_level', 0)}; raise num_outs or start_level.")
     cfg.model.neck = new
     got = neck_strides(cfg)
     if got != want:

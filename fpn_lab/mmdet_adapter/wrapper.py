@@ -23,7 +23,10 @@ from fpn_lab.mmdet_adapter.necks import level_names, neck_strides
 def _register() -> None:
     from mmdet.utils import register_all_modules
 
+    from fpn_lab.mmdet_adapter.bifpn import register
+
     register_all_modules(init_default_scope=True)
+    register()  # fpn_lab.BiFPN
 
 
 def build_detector(preset, *, num_classes: int, pretrained: str = "none", neck: str | None = None,

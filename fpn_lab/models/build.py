@@ -43,9 +43,9 @@ def build_model(selection, *, num_classes: int, pretrained=False, weights: str |
             (``runs/<run>/model.pth``), an mmdet or mmengine ``Runner`` checkpoint (``state_dict``,
             ``meta``, ``message_hub``...) or a plain state dict, keys with or without ``module.`` /
             ``detector.`` prefixes (see :func:`~fpn_lab.models.weights.load_matching`).
-        neck: ``"fpn"``, ``"pafpn"`` or ``"nasfpn"`` to replace the preset's neck; ``neck_args``
-            overrides FPN arguments (``out_channels``, ``start_level``, ``add_extra_convs``,
-            ``num_outs``, ``relu_before_extra_convs``). Conflicts with the head are errors.
+        neck: ``"fpn"``, ``"pafpn"``, ``"nasfpn"``, ``"bifpn"`` or ``"channel_mapper"`` to replace
+            the preset's neck; ``neck_args`` overrides its arguments
+            (:data:`~fpn_lab.mmdet_adapter.necks.NECK_ARGS`). Conflicts with the head are errors.
         class_names: the dataset's class names in label order. When the checkpoint records its
             own (fpn_lab's ``class_names``, mmdet's ``meta.dataset_meta.classes`` or
             ``meta.CLASSES``): the same names in another order are an error (the head's rows would

@@ -200,7 +200,9 @@ def _check_values(params: dict) -> None:
     opts = ("adam", "sgd", "recipe")
     if "opt" in params and params["opt"] not in opts:
         raise ParamsError(f"opt: {params['opt']!r} is not one of {list(opts)}.")
-    necks = ("", "fpn", "pafpn", "nasfpn")
+    from fpn_lab.mmdet_adapter.necks import NECK_TYPES
+
+    necks = ("", *NECK_TYPES)
     if params.get("neck") not in (None, *necks):
         raise ParamsError(f"neck: {params['neck']!r} is not one of {list(necks)} ('' keeps the preset's neck).")
     name = params.get("run_name")
