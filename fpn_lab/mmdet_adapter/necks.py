@@ -5,7 +5,8 @@ A head expects feature maps at fixed strides (YOLOX: 8, 16, 32 = P3-P5; RetinaNe
 128 = P3-P7) with ``in_channels`` channels. :func:`set_neck` builds the new neck config from the
 preset's backbone outputs, checks that it yields exactly the head's strides, and sets the head's
 ``in_channels`` to the neck's ``out_channels``; a conflicting argument is an error that says which
-and why. YOLOX's head takes the strides it is given, so on YOLOX a neck with five levels (NAS-FPN
+and why. ``"pafpn"`` is mmdet's ``PAFPN`` on every preset; YOLOX's own ``YOLOXPAFPN`` (PAFPN
+with CSP blocks) is the preset's neck, ``neck=""``. YOLOX's head takes the strides it is given, so on YOLOX a neck with five levels (NAS-FPN
 always; BiFPN, FPN or PAFPN with ``num_outs=5``) gives it P3-P7. ``channel_mapper`` (mmdet's
 ``ChannelMapper``: a 3x3 convolution per level, no fusion between levels) is the control.
 """
@@ -101,8 +102,6 @@ def set_neck(cfg, preset, neck: str | None = None, **args) -> None:
     bad = sorted(set(args) - set(NECK_ARGS[neck]))
     if bad:
         raise ModelError(f"neck {neck!r} takes {list(NECK_ARGS[neck])}, not {bad}.")
-    if preset.arch == "yolox" and neck == "pafpn" and not args:
-        return  # YOLOX's own PAFPN (YOLOXPAFPN, with CSP blocks) is already the neck
     want = head_strides(cfg)
     bb = backbone_strides(cfg)
     start = args.get("start_level", bb.index(want[0]) if want[0] in bb else 0)
