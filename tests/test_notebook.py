@@ -79,8 +79,8 @@ def test_an_explicit_run_dir_must_be_new_or_empty(tmp_path):
 
 
 def test_compare_necks_notebook(tmp_path):
-    overrides = {"selection": "retinanet_r18_fpn_1x", "necks": ["fpn", "nasfpn"], "data_dir": "data/fridge",
-                 "split": "random", "image_size": 64, "batch_size": 2, "epochs": 1}
+    overrides = {"selection": "yolox_tiny_pafpn_300e", "necks": ["fpn", "nasfpn"], "data_dir": "data/fridge",
+                 "split": "random", "image_size": 256, "batch_size": 2, "epochs": 1}  # NAS-FPN pools P7: >= 256 px
     run_dir, ok = run_notebook(notebook=ROOT / "notebooks" / "compare_necks.ipynb", overrides=overrides,
                                runs_dir=tmp_path, echo=False)
     assert ok, (run_dir / "run.log").read_text()[-3000:]
