@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import ROOT
 from fpn_lab.data.dataloaders import Dataset, collate
 from fpn_lab.data.transforms import resize_and_pad
 from fpn_lab.errors import WeightsUnavailableError
@@ -149,3 +151,27 @@ def test_channels_last_keeps_mmcv_deformable_convolutions_working(bccd_records):
     torch.testing.assert_close(nhwc["loss"], nchw["loss"], rtol=1e-4, atol=1e-4)
     model.train()
     model(images, targets)["loss"].backward()  # the training step works too
+
+
+def test_nan_offsets_in_vfnet_end_lr_find_instead_of_crashing_the_process(tmp_path):
+    """mmcv's CPU DeformConv indexes outside the feature map on NaN offsets and kills the process
+    (segmentation fault) when lr_find drives VFNet's weights to NaN. Run in a child process, so a
+    crash fails this test instead of killing pytest: lr_find must end normally with a suggestion."""
+    import subprocess
+    import sys
+
+    code = """
+import torch
+from fpn_lab.all import *
+set_seed(0)
+parser = parsers.VOCBBoxParser(annotations_dir="data/fridge/annotations", images_dir="data/fridge/images")
+tr, va = parser.parse()
+mt = models.mmdet.vfnet
+model = mt.model(backbone=mt.backbones.resnet50_fpn_mstrain_2x(pretrained=False), num_classes=4)
+t, v = tfms.A.Adapter([*tfms.A.aug_tfms(size=64)]), tfms.A.Adapter([*tfms.A.resize_and_pad(64)])
+learn = mt.fastai.learner(dls=[mt.train_dl(Dataset(tr, t), batch_size=2), mt.valid_dl(Dataset(va, v), batch_size=2)],
+                          model=model, metrics=[COCOMetric()], path="TMP")
+print("suggestion", learn.lr_find(num_it=40, show_plot=False).valley)
+""".replace("TMP", str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0 and "suggestion" in out.stdout, (out.returncode, out.stderr[-2000:])

@@ -61,6 +61,7 @@ def _build(cfg, preset, *, init_weights: bool) -> MMDetModel:
     from mmengine.logging import MMLogger
 
     detector = MODELS.build(copy.deepcopy(cfg.model))  # the build adds train_cfg/test_cfg to the head's cfg
+    keep_mmcv_ops_contiguous(detector)  # NaN offsets would crash mmcv's CPU kernel (VFNet in lr_find)
     if init_weights:
         logger = MMLogger.get_current_instance()
         level = logger.level
@@ -251,17 +252,29 @@ class MMDetModel(nn.Module):
 
 
 def _contiguous_inputs(module, args):
+    """Forward pre-hook of mmcv's deformable convolutions: contiguous inputs, finite offsets.
+
+    A NaN or infinite offset makes the CPU kernel index outside the image and crash the process
+    (segmentation fault; seen when ``lr_find`` drives VFNet's weights to NaN). A RuntimeError here
+    instead lets :meth:`MMDetModel._parsed_losses` report a NaN loss, which ``lr_find`` takes as
+    its normal end and :class:`~fpn_lab.learner.callbacks.NonFiniteLossGuard` as an error.
+    """
+    for name, a in zip(("input", "offset", "mask"), args):
+        if torch.is_tensor(a) and not torch.isfinite(a).all():
+            raise RuntimeError(f"{type(module).__name__}: non-finite {name} (NaN or inf); mmcv's kernel would read "
+                               "outside the feature map and crash the process")
     return tuple(a.contiguous() if torch.is_tensor(a) else a for a in args)
 
 
 def keep_mmcv_ops_contiguous(model: nn.Module) -> int:
-    """Keep mmcv's deformable convolutions in the default (NCHW) layout inside a channels-last model.
+    """Guard mmcv's deformable convolutions: NCHW inputs and weights, and finite offsets.
 
     mmcv 2.1's CPU ``DeformConv2d`` / ``ModulatedDeformConv2d`` kernels refuse non-contiguous
-    inputs ("input must be contiguous"), and VFNet's head uses them. Their weights are made
-    contiguous again and a forward pre-hook hands them contiguous inputs (a copy only when the
-    input is NHWC); every other layer keeps the channels-last layout. Idempotent. Returns the
-    number of such modules.
+    inputs ("input must be contiguous"), and VFNet's head uses them; given NaN offsets they crash
+    the process. Their weights are made contiguous again and a forward pre-hook
+    (:func:`_contiguous_inputs`) checks the inputs are finite and hands them over contiguous (a
+    copy only when the input is NHWC); every other layer keeps its layout. Idempotent. Returns
+    the number of such modules.
     """
     from mmcv.ops import DeformConv2d, ModulatedDeformConv2d
 

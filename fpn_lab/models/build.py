@@ -136,6 +136,5 @@ def place_model(model, device: str = "cpu", *, channels_last: bool = True):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device, memory_format=fmt)
     model.channels_last = bool(channels_last)
-    if channels_last:
-        keep_mmcv_ops_contiguous(model)  # mmcv's deformable convolutions (VFNet) take NCHW only
+    keep_mmcv_ops_contiguous(model)  # weights back to NCHW: mmcv's deformable convolutions take no other
     return model
