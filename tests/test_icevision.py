@@ -56,6 +56,7 @@ def test_getting_started_sequence(selection, tmp_path, no_network):
     samples = [train_ds[0] for _ in range(3)]
     fig = show_samples(samples, ncols=3)  # noqa: F405
     show_samples(samples, parser.class_map, ncols=3)  # noqa: F405  (a class map where names go)
+    show_samples(samples, class_map=parser.class_map, ncols=3)  # noqa: F405  (IceVision's keyword)
     with pytest.raises(DataError, match="autofix"):  # noqa: F405
         parser.parse(autofix=False)
     assert [t.get_text() for t in fig.axes[0].texts][0].split()[0] in parser.class_map.names
@@ -121,6 +122,9 @@ def test_getting_started_sequence(selection, tmp_path, no_network):
     # boxes in the original image, equal to the trained model's own prediction of the same image
     np.testing.assert_allclose(det["bboxes"], direct[0]["boxes"], atol=1e-3)
     assert det["labels"] == [parser.class_map.names[i] for i in det["label_ids"]]
+    with pytest.warns(UserWarning), pytest.raises(ModelError, match="starts with 'background'"):  # noqa: F405
+        loaded["model_type"].end2end_detect(img, infer_tfms, loaded["model"], detection_threshold=0.0,
+                                            class_map=ClassMap(["background", *parser.class_map.names]))  # noqa: F405
     assert (det["bboxes"][:, 2] <= img.shape[1] + 1e-3).all() and (det["bboxes"][:, 3] <= img.shape[0] + 1e-3).all()
 
 

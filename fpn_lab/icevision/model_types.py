@@ -528,8 +528,21 @@ def _class_map_of(records, num_classes: int):
 
 
 def _names(class_map, records, num_classes: int) -> list[str]:
+    """Class names for a model of ``num_classes`` classes: the given class map's, else the records'.
+
+    Raises:
+        ModelError: a class map of another length (e.g. IceVision's list with "background" first,
+            which would shift every label by one).
+    """
     if class_map is not None:
-        return list(getattr(class_map, "names", class_map))
+        names = list(getattr(class_map, "names", class_map))
+        if len(names) != num_classes:
+            hint = (" It starts with 'background': IceVision's class lists did; fpn_lab's have no background class, "
+                    "so leave it out." if names and str(names[0]).casefold() == "background" else "")
+            raise ModelError(f"class_map has {len(names)} classes {names} but the model predicts {num_classes}; "
+                             f"labels would be named wrongly.{hint} Use the model's own class map "
+                             "(model_from_checkpoint(...)['class_map']).")
+        return names
     return list(_class_map_of(records, num_classes).names)
 
 

@@ -49,7 +49,8 @@ def _grid(n: int, ncols: int, size: float = 3.2):
     return fig, axes.flat
 
 
-def show_samples(samples, class_names: Sequence[str] | None = None, n: int = 6, ncols: int = 3, seed: int = 0):
+def show_samples(samples, class_names: Sequence[str] | None = None, n: int = 6, ncols: int = 3, seed: int = 0,
+                 class_map=None):
     """Draw transformed samples with their boxes (as the model receives them: letterboxed).
 
     Args:
@@ -58,10 +59,14 @@ def show_samples(samples, class_names: Sequence[str] | None = None, n: int = 6, 
             range(3)], ncols=3)``: each call of a training dataset's item draws a new augmentation).
         class_names: names per label, or a :class:`~fpn_lab.core.class_map.ClassMap`; default the
             class map the parser attached to the records.
+        class_map: IceVision's keyword for the same (give one of the two).
     """
     from fpn_lab.data.dataloaders import Dataset
 
-    class_names = getattr(class_names, "names", class_names)
+    if class_map is not None and class_names is not None:
+        raise ModelError("show_samples: give class_names or class_map (IceVision's name for it), not both.")
+    class_names = getattr(class_names if class_map is None else class_map, "names", class_names if class_map is None
+                          else class_map)
 
     if isinstance(samples, Dataset):
         idx = np.random.default_rng(seed).choice(len(samples), size=min(n, len(samples)), replace=False)
