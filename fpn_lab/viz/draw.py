@@ -65,8 +65,8 @@ def show_samples(samples, class_names: Sequence[str] | None = None, n: int = 6, 
 
     if class_map is not None and class_names is not None:
         raise ModelError("show_samples: give class_names or class_map (IceVision's name for it), not both.")
-    class_names = getattr(class_names if class_map is None else class_map, "names", class_names if class_map is None
-                          else class_map)
+    names = class_names if class_map is None else class_map
+    class_names = getattr(names, "names", names)  # a ClassMap or a list of names
 
     if isinstance(samples, Dataset):
         idx = np.random.default_rng(seed).choice(len(samples), size=min(n, len(samples)), replace=False)
