@@ -16,6 +16,12 @@ def _run(args) -> int:
               "timeout": args.timeout, "hide_input": args.hide_input, "run_dir": args.run_dir}
     if args.notebook:
         kwargs["notebook"] = args.notebook
+    elif args.params:  # compare_necks*.yaml: the neck comparison, as in a batch
+        from pathlib import Path
+
+        from fpn_lab.runner.batch import params_notebook
+
+        kwargs["notebook"] = params_notebook(Path(args.params))
     run_dir, ok = run_notebook(args.params, **kwargs)
     return 0 if ok and _gates_pass(run_dir, args.min) else 1
 
@@ -58,7 +64,8 @@ def main(argv=None) -> int:
     run = sub.add_parser("run", help="run a notebook headless with a params YAML into runs/<name>/")
     run.add_argument("params", nargs="?", help="params YAML (empty file = notebook defaults)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one parameter (repeatable)")
-    run.add_argument("--notebook", help="notebook to run (default notebooks/getting_started.ipynb)")
+    run.add_argument("--notebook", help="notebook to run (default: notebooks/compare_necks.ipynb for compare_necks*.yaml, "
+                     "otherwise notebooks/getting_started.ipynb)")
     run.add_argument("--runs-dir", default="runs", help="folder for a new runs/<run_name or timestamp-preset>/")
     run.add_argument("--run-dir", help="run into exactly this folder, which must be new or empty (fpn-lab batch "
                      "uses it); --runs-dir and run_name then do not choose the folder")

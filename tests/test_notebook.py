@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from conftest import ROOT
 from fpn_lab.errors import ParamsError
@@ -78,27 +79,50 @@ def test_an_explicit_run_dir_must_be_new_or_empty(tmp_path):
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["metrics.json", "taken"]
 
 
-def test_compare_necks_notebook(tmp_path):
-    overrides = {"selection": "yolox_tiny_pafpn_300e", "necks": ["fpn", "nasfpn"], "data_dir": "data/fridge",
-                 "split": "random", "image_size": 256, "batch_size": 2, "epochs": 1}  # NAS-FPN pools P7: >= 256 px
+def test_compare_necks_renders_the_study_from_its_metrics(tmp_path):
+    """The default: the kept runs of bench/logs/necks, no training."""
+    cmd = [sys.executable, "-m", "fpn_lab.cli", "run", str(ROOT / "params" / "compare_necks.yaml"), "--set",
+           "complexity=false", "--runs-dir", str(tmp_path)]  # the notebook is chosen from the params file's name
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    (run_dir,) = tmp_path.iterdir()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    rows = {r["neck"]: r for r in metrics["necks"]}
+    assert set(rows) == {"YOLOXPAFPN", "FPN", "PAFPN", "NASFPN", "BiFPN", "ChannelMapper"}
+    assert metrics["necks"][0]["verdict"] == "baseline" and len(metrics["runs"]) >= 6
+    assert (run_dir / "compare_necks.html").read_text().count("data:image/png;base64,") >= 2  # AP and per-class figures
+
+
+def _neck_params(tmp_path, necks):
+    folder = tmp_path / "necks"
+    folder.mkdir()
+    base = yaml.safe_load((ROOT / "params" / "smoke.yaml").read_text())
+    for neck in necks:
+        (folder / f"{neck}.yaml").write_text(yaml.safe_dump({**base, "neck": neck, "lr_find_iters": 0, "image_size": 128}))
+    return folder
+
+
+def test_compare_necks_trains_the_necks_when_asked(tmp_path):
+    overrides = {"train": True, "necks_params": str(_neck_params(tmp_path, ["fpn", "bifpn"])), "seeds": [3]}
     run_dir, ok = run_notebook(notebook=ROOT / "notebooks" / "compare_necks.ipynb", overrides=overrides,
-                               runs_dir=tmp_path, echo=False)
+                               runs_dir=tmp_path / "runs", echo=False)
     assert ok, (run_dir / "run.log").read_text()[-3000:]
     rows = {r["neck"]: r for r in json.loads((run_dir / "metrics.json").read_text())["necks"]}
-    assert rows["fpn"]["status"] == "ok" and rows["fpn"]["neck_type"] == "FPN" and rows["fpn"]["GFLOPs"] > 0
-    assert rows["nasfpn"]["status"] == "ok" and rows["nasfpn"]["levels"] == "P3-P4-P5-P6-P7"
+    assert set(rows) == {"FPN", "BiFPN"} and rows["FPN"]["seeds"] == [3] and rows["BiFPN"]["flops"] > 0
+    for neck in ("fpn", "bifpn"):  # each neck trained as its own run inside the comparison's folder
+        assert json.loads((run_dir / "seed3" / neck / "metrics.json").read_text())["params"]["seed"] == 3
+    assert (run_dir / "seed3" / "index.html").is_file()
 
 
-def test_compare_necks_fails_on_an_error_that_is_not_an_incompatible_neck(tmp_path):
-    """Only "this head cannot use this neck" is a skipped row; any other error fails the run (an
-    unknown neck name used to be recorded as skipped, and the run as ok)."""
-    overrides = {"selection": "yolox_tiny_pafpn_300e", "necks": ["bifpnx", "fpn"], "data_dir": "data/fridge",
-                 "split": "random", "image_size": 64, "batch_size": 2, "epochs": 1}
+def test_compare_necks_fails_when_a_neck_s_run_fails(tmp_path):
+    """A neck that cannot run fails the comparison (it used to be recorded as skipped, and the run as ok)."""
+    overrides = {"train": True, "necks_params": str(_neck_params(tmp_path, ["bifpnx"])), "seeds": [0]}
     run_dir, ok = run_notebook(notebook=ROOT / "notebooks" / "compare_necks.ipynb", overrides=overrides,
-                               runs_dir=tmp_path, echo=False)
+                               runs_dir=tmp_path / "runs", echo=False)
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert not ok and metrics["status"] == "failed" and metrics["error"]["ename"] == "ModelError"
-    assert "unknown neck 'bifpnx'" in metrics["error"]["evalue"]
+    assert not ok and metrics["status"] == "failed" and metrics["error"]["ename"] == "TrainingError"
+    assert "seed 0: a neck's run failed" in metrics["error"]["evalue"]
+    assert "bifpnx" in (run_dir / "seed0" / "index.html").read_text()
 
 
 def _notebook_with_progress_lines(tmp_path):

@@ -4,7 +4,9 @@
 ``runs/<batch>/<params-file-stem>/`` (continuing past failures), then writes
 ``runs/<batch>/comparison.csv`` and a self-contained ``runs/<batch>/index.html``: one row per run,
 plots, links to each rendered notebook, failed runs with the failing step, and rows whose data,
-split, seed or image size differ from the batch's majority flagged as not comparable.
+split, seed or image size differ from the batch's majority flagged as not comparable. A batch
+whose runs differ only in the neck and seed also gets the per-neck table (mean ± sd over seeds,
+:mod:`fpn_lab.runner.compare`).
 
 Each run is told its folder (``fpn-lab run --run-dir``) and its row is read from there, so runs
 going at the same time (``--jobs``) never take each other's results.
@@ -109,6 +111,7 @@ def _row(name: str, run_dir: Path | None) -> dict:
                    params=m.get("model", {}).get("params"), neck=m.get("model", {}).get("neck"),
                    inference_ms_per_image=m.get("inference_ms_per_image"))
         row["per_class_AP"] = met.get("per_class_AP", {})
+        row["_metrics"] = {**m, "_source": str(run_dir / "metrics.json")}
     else:
         err = m.get("error", {"ename": "NoRun", "evalue": "the run did not start; see its .batch.log"})
         row["error"] = f"{err.get('ename')}: {str(err.get('evalue'))[:300]}"
@@ -166,6 +169,21 @@ def _plots(rows: list[dict]) -> list[str]:
     return out
 
 
+def neck_section(rows: list[dict]) -> tuple[list[dict], str]:
+    """The per-neck table of a batch (:func:`fpn_lab.runner.compare.table_records`) when its ok runs
+    use two or more necks; otherwise ``[]``. The second item says why a batch with several necks
+    gets no table (its runs differ in more than the neck and seed), shown on the page."""
+    from fpn_lab.runner.compare import neck_label, neck_table, table_records
+
+    runs = [r["_metrics"] for r in rows if r["status"] == "ok" and r.get("_metrics")]
+    if len({neck_label(m) for m in runs}) < 2:
+        return [], ""
+    try:
+        return table_records(neck_table(runs)), ""
+    except ParamsError as e:  # shown on the page instead of the table
+        return [], f"No per-neck table: {e}"
+
+
 def write_report(batch_dir: Path, rows: list[dict]) -> tuple[Path, Path]:
     """Write ``comparison.csv`` and ``index.html`` (jinja2 template ``templates/comparison.html.j2``)."""
     import jinja2
@@ -180,9 +198,11 @@ def write_report(batch_dir: Path, rows: list[dict]) -> tuple[Path, Path]:
     for r in rows:
         html = next(r["_dir"].glob("*.html"), None) if r["_dir"] else None
         r["link"] = html.relative_to(batch_dir).as_posix() if html else ""
+    necks, necks_note = neck_section(rows)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")), autoescape=True)
     page = env.get_template("comparison.html.j2").render(
-        title=batch_dir.name, rows=rows, plots=_plots(rows), created=datetime.now().isoformat(timespec="seconds"),
+        title=batch_dir.name, rows=rows, plots=_plots(rows), necks=necks, necks_note=necks_note,
+        created=datetime.now().isoformat(timespec="seconds"),
         fmt=lambda v, nd=3: f"{v:.{nd}f}" if isinstance(v, float) else ("n/a" if v is None else v))
     index = batch_dir / "index.html"
     index.with_suffix(".tmp").write_text(page, encoding="utf-8")

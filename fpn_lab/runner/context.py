@@ -10,7 +10,8 @@
   ``valid`` sizes), ``sources`` (the annotation files), ``parse`` (the parser's
   :class:`~fpn_lab.data.parsers.ParseReport`: kept, clipped, dropped boxes by reason) and, with
   two COCO files, ``parse_by_source`` (:meth:`~fpn_lab.data.datasets.DatasetSplit.as_dict`).
-* ``model``: ``params`` (parameter count), ``neck``, ``levels``.
+* ``model``: ``params`` (parameter count), ``neck`` (its class name), ``neck_params`` (the neck's
+  parameter count), ``levels``.
 * ``metrics``: the 12 COCO box stats (``AP`` = AP@[.5:.95], ``AP50``, ``AP75``, ``AP_small`` ...,
   ``AR100`` ...) as fractions, ``per_class_AP``, ``message``; evaluated with pycocotools on
   the validation split in original-image pixels.
@@ -303,7 +304,7 @@ class Run:
                 value = value.as_dict(display_path)
             elif key == "model" and hasattr(value, "num_classes") and hasattr(value, "levels"):
                 value = {"params": sum(p.numel() for p in value.parameters()), "neck": type(value.neck).__name__,
-                         "levels": list(value.levels)}
+                         "neck_params": sum(p.numel() for p in value.neck.parameters()), "levels": list(value.levels)}
             elif key == "learn" and hasattr(value, "recorder"):
                 from fpn_lab.learner.learner import history
 

@@ -205,6 +205,9 @@ def _check_values(params: dict) -> None:
     necks = ("", *NECK_TYPES)
     if params.get("neck") not in (None, *necks):
         raise ParamsError(f"neck: {params['neck']!r} is not one of {list(necks)} ('' keeps the preset's neck).")
+    if params.get("neck") == "nasfpn" and isinstance(params.get("image_size"), int) and params["image_size"] < 128:
+        raise ParamsError(f"image_size: {params['image_size']} is too small for neck: nasfpn, which needs 128 px or more "
+                          "(it pools down to P7, stride 128); raise image_size or choose another neck.")
     name = params.get("run_name")
     if name and (Path(name).name != name or name in (".", "..")):
         raise ParamsError(f"run_name: {name!r} must be a plain folder name (no '/' or '..'); runs go under runs/.")
