@@ -12,7 +12,8 @@ def _run(args) -> int:
     from fpn_lab.runner.papermill_run import run_notebook
     from fpn_lab.runner.params import parse_set
 
-    kwargs = {"overrides": parse_set(args.set), "runs_dir": args.runs_dir, "kernel": args.kernel,
+    overrides = {**parse_set(args.set), **({"track": args.track} if args.track else {})}
+    kwargs = {"overrides": overrides, "runs_dir": args.runs_dir, "kernel": args.kernel,
               "timeout": args.timeout, "hide_input": args.hide_input, "run_dir": args.run_dir}
     if args.notebook:
         kwargs["notebook"] = args.notebook
@@ -44,7 +45,8 @@ def _gates_pass(run_dir, items) -> bool:
 def _batch(args) -> int:
     from fpn_lab.runner.batch import parse_gates, run_batch
 
-    _, code = run_batch(args.params, jobs=args.jobs, name=args.name, overrides=args.set or [], runs_dir=args.runs_dir,
+    overrides = [*(args.set or []), *([f"track={args.track}"] if args.track else [])]
+    _, code = run_batch(args.params, jobs=args.jobs, name=args.name, overrides=overrides, runs_dir=args.runs_dir,
                         gates=parse_gates(args.min), timeout=args.timeout)
     return code
 
@@ -72,6 +74,8 @@ def main(argv=None) -> int:
     run.add_argument("--kernel", default="fpn-lab", help="Jupyter kernel name (default fpn-lab)")
     run.add_argument("--timeout", type=float, default=None, help="per-cell timeout in seconds")
     run.add_argument("--hide-input", action="store_true", help="render the HTML without code cells' input")
+    run.add_argument("--track", choices=["none", "tensorboard", "mlflow"],
+                     help="log the run to TensorBoard or MLflow (the notebook's track parameter)")
     run.add_argument("--min", action="append", metavar="KEY=VALUE",
                      help="regression gate on metrics.json, e.g. --min AP50=0.7: exit 1 when below")
     run.set_defaults(func=_run)
@@ -84,6 +88,7 @@ def main(argv=None) -> int:
                      help="regression gate, e.g. --min AP50=0.7: exit 1 when a run falls below")
     bat.add_argument("--runs-dir", default="runs")
     bat.add_argument("--timeout", type=float, default=None, help="per-run timeout in seconds")
+    bat.add_argument("--track", choices=["none", "tensorboard", "mlflow"], help="log every run to TensorBoard or MLflow")
     bat.set_defaults(func=_batch)
     par = sub.add_parser("params", help="list a notebook's parameters with types and defaults")
     par.add_argument("notebook", nargs="?", default="notebooks/getting_started.ipynb")

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import yaml
 
@@ -29,6 +30,15 @@ def test_smoke_run_writes_every_artefact(tmp_path):
     assert list(peak)[-1] == "total_notebook" and {"setup", "training", "evaluation"} <= set(peak)
     assert list(peak.values()) == sorted(peak.values()) and peak["training"] > 200
     assert len(metrics["history"]) == 1 and metrics["versions"]["mmdet"] == "3.3.0"
+    analysis = metrics["analysis"]  # smoke.yaml draws at 0.0: the confusion matrix counts every detection
+    assert set(analysis["by_size"]) == {"small", "medium", "large"}
+    assert analysis["confusion_matrix"]["score_threshold"] == 0.0
+    counts = np.array(analysis["confusion_matrix"]["counts"])
+    n_boxes = sum(v["boxes"] for v in analysis["by_size"].values())
+    assert counts[:-1].sum() == n_boxes  # each scored box is either paired or missed, once
+    predictions = json.loads((run_dir / "predictions.json").read_text())
+    assert counts[:, :-1].sum() == len(predictions)  # every detection is paired or false (no crowd boxes here)
+    assert (run_dir / "confusion_matrix.png").stat().st_size > 0 and (run_dir / "curves.png").stat().st_size > 0
     preds = json.loads((run_dir / "predictions.json").read_text())
     assert isinstance(preds, list)  # one epoch at 64 px may score nothing above the head's threshold
     assert all(set(p) == {"image_id", "category_id", "bbox", "score"} for p in preds)
@@ -184,3 +194,52 @@ def test_notebook_trains_on_a_coco_folder_and_writes_source_ids(tmp_path, coco_f
     assert {c["id"] for c in gt["categories"]} == {c["id"] for c in source["categories"]}
     preds = json.loads((run_dir / "predictions.json").read_text())
     assert {p["image_id"] for p in preds} <= {"fridge-10"} and {p["category_id"] for p in preds} <= {0, 3, 7, 12}
+
+
+def test_tensorboard_tracking_is_read_back_by_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, ok = run_notebook(ROOT / "params" / "smoke.yaml", overrides={"track": "tensorboard", "lr_find_iters": 0},
+                               runs_dir=tmp_path, echo=False)
+    assert ok, (run_dir / "run.log").read_text()[-3000:]
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0}).Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train_loss", "valid_loss", "AP", "AP50", "final/AP", "final/AP50"} <= scalars, scalars
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert events.Scalars("final/AP")[-1].value == pytest.approx(metrics["metrics"]["AP"], abs=1e-6)
+    assert events.Scalars("AP")[-1].value == pytest.approx(metrics["history"][-1]["AP"], abs=1e-6)
+    assert {"curves", "confusion_matrix"} <= set(events.Tags()["images"])
+
+
+def test_mlflow_tracking_is_read_back_by_mlflow(tmp_path, monkeypatch):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # the kernel inherits it; never the project's runs/mlflow.db
+    run_dir, ok = run_notebook(ROOT / "params" / "smoke.yaml", overrides={"track": "mlflow", "lr_find_iters": 0},
+                               runs_dir=tmp_path / "runs", echo=False)
+    assert ok, (run_dir / "run.log").read_text()[-3000:]
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["fpn_lab"])
+    assert len(runs) == 1
+    row = runs.iloc[0]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert row["status"] == "FINISHED" and row["tags.mlflow.runName"] == run_dir.name
+    assert row["metrics.final_AP"] == pytest.approx(metrics["metrics"]["AP"], abs=1e-6)
+    assert row["params.image_size"] == "64" and row["params.track"] == "mlflow"
+    history = mlflow.MlflowClient(uri).get_metric_history(row["run_id"], "valid_loss")
+    assert [m.step for m in history] == [1] and history[0].value == pytest.approx(metrics["history"][0]["valid_loss"])
+    artifacts = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(row["run_id"])}
+    assert {"metrics.json", "model.pth", "confusion_matrix.png", "curves.png"} <= artifacts
+
+
+def test_a_failed_run_is_failed_in_mlflow(tmp_path, monkeypatch):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    run_dir, ok = run_notebook(ROOT / "params" / "smoke.yaml", overrides={"track": "mlflow", "batch_size": 16},
+                               runs_dir=tmp_path / "runs", echo=False)
+    assert not ok
+    mlflow.set_tracking_uri(uri)
+    assert mlflow.search_runs(experiment_names=["fpn_lab"])["status"].tolist() == ["FAILED"]

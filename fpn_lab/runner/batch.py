@@ -33,7 +33,7 @@ from fpn_lab.runner.params import load_params_file, parse_set, validate_params
 from fpn_lab.threads import usable_cores
 
 COLUMNS = ["run", "status", "preset", "neck", "image_size", "epochs", "seed", "data_dir", "split", "AP", "AP50",
-           "train_s", "params", "inference_ms_per_image", "comparable", "failed_step", "error"]
+           "AP_small", "AP_medium", "AP_large", "best_threshold", "train_s", "params", "inference_ms_per_image", "comparable", "failed_step", "error"]
 
 
 def parse_gates(items) -> dict[str, float]:
@@ -111,6 +111,11 @@ def _row(name: str, run_dir: Path | None) -> dict:
                    params=m.get("model", {}).get("params"), neck=m.get("model", {}).get("neck"),
                    inference_ms_per_image=m.get("inference_ms_per_image"))
         row["per_class_AP"] = met.get("per_class_AP", {})
+        analysis = m.get("analysis") or {}
+        for size, v in (analysis.get("by_size") or {}).items():  # None: no boxes of that size (COCO's -1)
+            row[f"AP_{size}"] = v.get("AP")
+        row["best_threshold"] = (analysis.get("best_threshold") or {}).get("score")
+        row["_curves"] = analysis.get("curves")
         row["_metrics"] = {**m, "_source": str(run_dir / "metrics.json")}
     else:
         err = m.get("error", {"ename": "NoRun", "evalue": "the run did not start; see its .batch.log"})
@@ -159,6 +164,19 @@ def _plots(rows: list[dict]) -> list[str]:
         ax.set(ylabel="AP@[.5:.95]", title="per-class AP")
         ax.legend(fontsize=8)
         figs.append(fig)
+    curved = [r for r in ok if r.get("_curves")]
+    if curved:
+        classes = list(curved[0]["_curves"]["pr_precision"])
+        fig, axes = plt.subplots(1, len(classes), figsize=(3.6 * len(classes), 3.4), squeeze=False)
+        for ax, c in zip(axes[0], classes):
+            for r in curved:
+                pr = r["_curves"]["pr_precision"].get(c)
+                if pr:
+                    ax.plot(r["_curves"]["pr_recall"], [float("nan") if v is None else v for v in pr], label=r["run"])
+            ax.set(title=f"{c}: precision-recall, IoU 0.5", xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=7)
+        figs.append(fig)
     out = []
     for fig in figs:
         buf = io.BytesIO()
@@ -198,6 +216,8 @@ def write_report(batch_dir: Path, rows: list[dict]) -> tuple[Path, Path]:
     for r in rows:
         html = next(r["_dir"].glob("*.html"), None) if r["_dir"] else None
         r["link"] = html.relative_to(batch_dir).as_posix() if html else ""
+        cm = r["_dir"] / "confusion_matrix.png" if r["_dir"] else None
+        r["cm_link"] = cm.relative_to(batch_dir).as_posix() if cm and cm.is_file() else ""
     necks, necks_note = neck_section(rows)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")), autoescape=True)
     page = env.get_template("comparison.html.j2").render(
