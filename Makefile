@@ -4,7 +4,7 @@
 PY := .venv/bin/python
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: setup demo test test-all bench bench-parity lab clean-runs
+.PHONY: setup demo test test-all bench bench-parity necks lab clean-runs
 
 setup:
 	@bash scripts/setup.sh
@@ -23,6 +23,9 @@ bench: setup
 
 bench-parity: setup
 	bash bench/parity_runs.sh
+
+necks: setup
+	$(PY) bench/neck_study.py --run --seeds 0 1 2 --report
 
 lab: setup
 	.venv/bin/jupyter lab notebooks/

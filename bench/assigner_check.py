@@ -34,7 +34,9 @@ from fpn_lab.mmdet_adapter.features import assigned_levels  # noqa: E402
 from fpn_lab.models.build import build_model  # noqa: E402
 
 
-def check(model, records, class_names, size: int, pad_value, batch: int = 8) -> list[str]:
+def level_shares(model, records, class_names, size: int, pad_value, batch: int = 8) -> dict:
+    """Per class: ``{"boxes": n, "median_side": px, "p10_side": px, "levels": [share per level], "none": share}``
+    (shares of the class's boxes; ``none``: no positive prior). Classes without boxes are left out."""
     ds = Dataset(records, resize_and_pad(size, pad_value))
     sides, levels = defaultdict(list), defaultdict(Counter)
     for start in range(0, len(ds), batch):
@@ -44,16 +46,21 @@ def check(model, records, class_names, size: int, pad_value, batch: int = 8) -> 
             for label, side, level in zip(t["labels"].tolist(), np.sqrt((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])), lv):
                 sides[label].append(float(side))
                 levels[label][int(level)] += 1
-    n_levels = len(model.levels)
-    rows = []
+    out = {}
     for label, name in enumerate(class_names):
         n = sum(levels[label].values())
-        if not n:
-            continue
-        share = " | ".join(f"{levels[label][k] / n:.0%}" for k in range(n_levels))
-        rows.append(f"| {size} | {name} | {n} | {np.median(sides[label]):.1f} | {np.percentile(sides[label], 10):.1f} | "
-                    f"{share} | {levels[label][-1] / n:.0%} |")
-    return rows
+        if n:
+            out[name] = {"boxes": n, "median_side": float(np.median(sides[label])),
+                         "p10_side": float(np.percentile(sides[label], 10)),
+                         "levels": [levels[label][k] / n for k in range(len(model.levels))], "none": levels[label][-1] / n}
+    return out
+
+
+def check(model, records, class_names, size: int, pad_value, batch: int = 8) -> list[str]:
+    """:func:`level_shares` as markdown table rows."""
+    return [f"| {size} | {name} | {s['boxes']} | {s['median_side']:.1f} | {s['p10_side']:.1f} | "
+            + " | ".join(f"{v:.0%}" for v in s["levels"]) + f" | {s['none']:.0%} |"
+            for name, s in level_shares(model, records, class_names, size, pad_value, batch).items()]
 
 
 def main():

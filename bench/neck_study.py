@@ -1,112 +1,187 @@
-"""The neck study (issue 14): run the six necks on the demo recipe over seeds, then tabulate them.
+"""The neck study (issue 14, written up in docs/necks.md): train six necks over seeds, then report.
 
-    .venv/bin/python bench/neck_study.py --run --seeds 0 1 2     # fpn-lab batch per seed, params/necks/*.yaml
-    .venv/bin/python bench/neck_study.py                         # the table from bench/logs/necks/
+    .venv/bin/python bench/neck_study.py --run --seeds 0 1 2   # train params/necks/*.yaml per seed (about an hour)
+    .venv/bin/python bench/neck_study.py --report              # tables, figures and docs/necks.md from the runs
+    make necks                                                 # both
 
-``--run`` calls ``fpn-lab batch params/necks/*.yaml --jobs 1 --set seed=K`` for each seed (one run at a
-time: on two cores a second process collapses both, see bench/RESULTS.md section 8) and copies each
-run's ``metrics.json`` to ``bench/logs/necks/seed<K>/<neck>.json``. The table gives, per neck, mean ±
-sample sd over seeds of AP, AP50, AP small / medium / large, per-class AP and training seconds,
-and whether the difference from YOLOX's own neck (``yoloxpafpn``) is larger than the seed-to-seed
-spread: ``|mean_a - mean_b| > 2 * sqrt(sd_a**2 / n_a + sd_b**2 / n_b)`` (two standard errors of the
-difference; a rough 95 % rule for three seeds, stated as such, not a test).
+``--run`` trains with :func:`fpn_lab.runner.compare.train_necks` (one ``fpn-lab batch`` per seed, one
+run at a time: on two cores a second process collapses both, see bench/RESULTS.md section 8) into
+``runs/necks/seed<K>/<neck>/`` and copies each run's ``metrics.json`` to
+``bench/logs/necks/seed<K>/<neck>.json`` (kept in git).
+
+``--report`` reads ``bench/logs/necks/`` and writes, from the same functions the notebook
+``compare_necks.ipynb`` uses (:mod:`fpn_lab.runner.compare`):
+
+* the per-neck table (mean ± sd over seeds, the 2-standard-error screen against YOLOX's own neck)
+  with parameters, FLOPs and single-image latency of an untrained copy of each neck's model;
+* per neck and class, the share of BCCD test boxes each pyramid level gets from the model's own
+  assigner (YOLOX: SimOTA), from each neck's seed-0 checkpoint (``runs/necks/seed0/<neck>/model.pth``);
+* the neck-output figure (:func:`fpn_lab.viz.draw.show_fpn_features`) per neck, same image;
+* ``docs/necks/*.png`` and the generated part of ``docs/necks.md`` (between its ``neck-study`` markers),
+  and the same text in ``bench/logs/neck_study.txt``.
+
+Latency is measured in this process: run ``--report`` with nothing else busy.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
+import os
+import platform
 import shutil
-import statistics
-import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
 LOGS = ROOT / "bench" / "logs" / "necks"
 PARAMS = ROOT / "params" / "necks"
-BASELINE = "yoloxpafpn"
-KEYS = ("AP", "AP50", "AP_small", "AP_medium", "AP_large")
+RUNS = ROOT / "runs" / "necks"
+DOCS = ROOT / "docs"
+FIGS = DOCS / "necks"
+BEGIN, END = "<!-- neck-study:begin (bench/neck_study.py --report writes this part) -->", "<!-- neck-study:end -->"
 
 
 def run(seeds: list[int]) -> None:
-    files = sorted(str(p) for p in PARAMS.glob("*.yaml"))
-    for seed in seeds:
-        name = f"necks-seed{seed}"
-        subprocess.run([sys.executable, "-m", "fpn_lab.cli", "batch", *files, "--jobs", "1", "--name", name,
-                        "--set", f"seed={seed}", "--runs-dir", str(ROOT / "runs")], cwd=ROOT, check=False)
+    from fpn_lab.runner.compare import train_necks
+
+    for seed in seeds:  # one seed at a time, so the metrics of a finished seed are kept if a later one fails
+        (batch_dir,) = train_necks(PARAMS, [seed], runs_dir=RUNS)
         out = LOGS / f"seed{seed}"
         out.mkdir(parents=True, exist_ok=True)
-        for run_dir in sorted((ROOT / "runs" / name).glob("*/")):
-            if (run_dir / "metrics.json").is_file():
-                shutil.copy(run_dir / "metrics.json", out / f"{run_dir.name}.json")
+        for metrics in sorted(batch_dir.glob("*/metrics.json")):
+            shutil.copy(metrics, out / f"{metrics.parent.name}.json")
 
 
-def load() -> dict[str, list[dict]]:
-    """``{neck: [metrics.json of each seed]}`` for the runs that finished ok."""
-    runs: dict[str, list[dict]] = {}
-    for path in sorted(LOGS.glob("seed*/*.json")):
-        m = json.loads(path.read_text())
-        if m.get("status") == "ok":
-            runs.setdefault(path.stem, []).append(m)
-    return runs
+def _save(fig, name: str) -> str:
+    import matplotlib.pyplot as plt
+
+    FIGS.mkdir(parents=True, exist_ok=True)
+    fig.savefig(FIGS / name, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return f"necks/{name}"
 
 
-def _stats(values: list[float]) -> tuple[float, float, int]:
-    vals = [v for v in values if isinstance(v, (int, float)) and not math.isnan(v)]
-    if not vals:
-        return math.nan, math.nan, 0
-    return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0), len(vals)
+def levels_section(checkpoints: Path, metrics: list[dict]) -> tuple[str, list[str]]:
+    """Per neck and class, the level shares of the test boxes (seed-0 checkpoints) and one figure
+    of them; the neck-output figure per neck. Returns markdown and the figure paths."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import torch
+    from assigner_check import level_shares
+
+    from fpn_lab.checkpoint import load_checkpoint
+    from fpn_lab.data.dataloaders import Dataset
+    from fpn_lab.data.datasets import open_dataset
+    from fpn_lab.data.transforms import resize_and_pad
+    from fpn_lab.runner.compare import neck_label
+    from fpn_lab.viz.draw import show_fpn_features
+
+    seed0 = {Path(m["_source"]).stem: m for m in metrics if Path(m["_source"]).parent.name == "seed0"}
+    data = open_dataset(ROOT / "data" / "bccd", split="published", seed=0)
+    names = data.class_map.names
+    # the neck-output figure's image: the first test image holding every class
+    index = next(i for i, r in enumerate(data.valid) if set(r.labels.tolist()) >= set(range(len(names))))
+    lines, figs, shares = [], [], {}
+    lines.append("| neck | class | boxes | median side px | " + " | ".join(f"P{k}" for k in range(3, 8)) + " | no positive prior |")
+    lines.append("|" + " --- |" * 10)
+    for stem, m in sorted(seed0.items()):
+        label, size = neck_label(m), m["params"]["image_size"]
+        path = checkpoints / stem / "model.pth"
+        if not path.is_file():
+            raise SystemExit(f"{path} is missing: the level shares need the seed-0 checkpoints; run --run --seeds 0 first.")
+        torch.manual_seed(0)
+        model, _ = load_checkpoint(path, class_map=data.class_map)
+        model.eval()
+        shares[label] = s = level_shares(model, data.valid, names, size, model.preset.pad_value)
+        for name, v in s.items():
+            cells = [f"{x:.0%}" for x in v["levels"]] + ["-"] * (5 - len(v["levels"]))
+            lines.append(f"| {label} | {name} | {v['boxes']} | {v['median_side']:.1f} | " + " | ".join(cells)
+                         + f" | {v['none']:.0%} |")
+        ds = Dataset(data.valid, resize_and_pad(size, model.preset.pad_value))
+        fig = show_fpn_features(model, ds, index=index, class_names=names)
+        fig.suptitle(f"{label}: neck outputs (seed-0 checkpoint), BCCD test image {data.valid[index].image_id}", y=1.02)
+        figs.append(_save(fig, f"features_{stem}.png"))
+    fig, axes = plt.subplots(1, len(shares), figsize=(2.6 * len(shares), 2.8), sharey=True)
+    colors = plt.cm.viridis(np.linspace(0.1, 0.9, 5))
+    for ax, (label, s) in zip(np.atleast_1d(axes), shares.items()):
+        left = np.zeros(len(s))
+        for k in range(5):
+            vals = np.array([v["levels"][k] if k < len(v["levels"]) else 0 for v in s.values()])
+            ax.barh(list(s), vals, left=left, color=colors[k], label=f"P{k + 3}")
+            left += vals
+        ax.barh(list(s), [v["none"] for v in s.values()], left=left, color="lightgrey", label="none")
+        ax.set(title=label, xlim=(0, 1), xlabel="share of test boxes")
+        ax.title.set_fontsize(9)
+    np.atleast_1d(axes)[-1].legend(fontsize=7, loc="lower right")
+    fig.suptitle("Pyramid level the model's assigner gives each test box, per class (seed 0, 320 px)")
+    fig.tight_layout()
+    figs.insert(0, _save(fig, "levels.png"))
+    return "\n".join(lines), figs
 
 
-def beyond_spread(a: tuple[float, float, int], b: tuple[float, float, int]) -> bool | None:
-    """The module docstring's rule; ``None`` when either side has fewer than two seeds."""
-    if a[2] < 2 or b[2] < 2:
-        return None
-    return abs(a[0] - b[0]) > 2 * math.sqrt(a[1] ** 2 / a[2] + b[1] ** 2 / b[2])
+def report(checkpoints: Path) -> str:
+    import matplotlib
 
+    matplotlib.use("Agg")
+    import torch
 
-def table(runs: dict[str, list[dict]]) -> str:
-    classes = sorted({c for ms in runs.values() for m in ms for c in m["metrics"].get("per_class_AP", {})})
-    cols = [*KEYS, *(f"AP {c}" for c in classes), "training s"]
-    head = ["neck", "neck type", "seeds", "params (M)", *cols, f"AP vs {BASELINE}"]
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    base = [m["metrics"]["AP"] for m in runs.get(BASELINE, [])]
-    for neck, ms in sorted(runs.items(), key=lambda kv: (kv[0] != BASELINE, kv[0])):
-        cells = []
-        for c in cols:
-            if c == "training s":
-                vals = [m.get("timing_s", {}).get("training") for m in ms]
-            elif c.startswith("AP "):
-                vals = [m["metrics"].get("per_class_AP", {}).get(c[3:]) for m in ms]
-            else:
-                vals = [m["metrics"].get(c) for m in ms]
-            mean, sd, n = _stats(vals)
-            cells.append("n/a" if n == 0 else f"{mean:.3f} ± {sd:.3f}" if c != "training s" else f"{mean:.0f} ± {sd:.0f}")
-        verdict = "" if neck == BASELINE else {None: "n/a (< 2 seeds)", True: "beyond the spread",
-                                               False: "within the spread"}[
-            beyond_spread(_stats([m["metrics"]["AP"] for m in ms]), _stats(base))]
-        params = ms[0].get("model", {}).get("params")
-        lines.append("| " + " | ".join([neck, ms[0].get("model", {}).get("neck", "?"), str(len(ms)),
-                                        f"{params / 1e6:.2f}" if params else "?", *cells, verdict]) + " |")
-    return "\n".join(lines)
+    from fpn_lab.runner.compare import add_complexity, load_runs, markdown_table, neck_figures, neck_table, table_records
+
+    metrics = load_runs(LOGS)
+    rows = add_complexity(neck_table(metrics), metrics)
+    figs = {name: _save(fig, f"{name}.png") for name, fig in neck_figures(rows).items()}
+    levels_md, level_figs = levels_section(checkpoints, metrics)
+    seeds = sorted({s for r in rows for s in r["seeds"]})
+    text = "\n".join([
+        BEGIN,
+        f"Generated {datetime.now():%Y-%m-%d %H:%M} by `bench/neck_study.py --report` from {len(metrics)} runs "
+        f"(`bench/logs/necks/seed*/`, seeds {seeds}); FLOPs, parameters and latency from untrained copies, "
+        f"latency with {torch.get_num_threads()} torch threads on {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}).",
+        "",
+        "### Accuracy, cost and time per neck",
+        "",
+        markdown_table(table_records(rows)),
+        "",
+        *(f"![{name}]({path})" for name, path in figs.items()),
+        "",
+        "### Which level takes which boxes (BCCD test split, 320 px, seed-0 checkpoints)",
+        "",
+        levels_md,
+        "",
+        f"![levels]({level_figs[0]})",
+        "",
+        "Neck outputs per level (L2 norm over channels, one colour scale per neck; each box drawn on the level "
+        "its assigner picks):",
+        "",
+        *(f"![{Path(p).stem}]({p})" for p in level_figs[1:]),
+        END,
+    ])
+    doc = DOCS / "necks.md"
+    body = doc.read_text()
+    if BEGIN not in body or END not in body:
+        raise SystemExit(f"{doc} has lost its markers {BEGIN!r} ... {END!r}; put them back where the tables go.")
+    doc.write_text(body[: body.index(BEGIN)] + text + body[body.index(END) + len(END):])
+    (ROOT / "bench" / "logs" / "neck_study.txt").write_text(text + "\n")
+    return text
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", action="store_true", help="train the necks first (fpn-lab batch per seed)")
+    ap.add_argument("--run", action="store_true", help="train the necks (fpn-lab batch per seed)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--report", action="store_true", help="write the tables, figures and docs/necks.md")
+    ap.add_argument("--checkpoints", type=Path, default=RUNS / "seed0", help="the seed-0 runs (<neck>/model.pth)")
     args = ap.parse_args(argv)
+    if not (args.run or args.report):
+        ap.error("give --run, --report or both")
     if args.run:
         run(args.seeds)
-    runs = load()
-    if not runs:
-        print(f"no finished runs under {LOGS}; run with --run first")
-        return 1
-    print(table(runs))
-    print(f"\nmean ± sample sd over seeds; '{BASELINE}' is YOLOX's own YOLOXPAFPN; the last column: "
-          "|difference of means| > 2 standard errors of the difference.")
+    if args.report:
+        print(report(args.checkpoints))
     return 0
 
 

@@ -25,14 +25,16 @@ from fpn_lab.icevision import (
     COCOMetric, COCOMetricType, model_choice, model_from_checkpoint, models, parsers, save_icevision_checkpoint,
     show_preds, tfms,
 )
-from fpn_lab.inference import evaluate, predict_dataset, predict_images
+from fpn_lab.inference import evaluate, image_losses, predict_dataset, predict_images
 from fpn_lab.learner.learner import find_lr, history, make_learner, train
+from fpn_lab.metrics.analysis import analyse
 from fpn_lab.metrics.coco import per_class_table, records_to_coco
 from fpn_lab.models.build import build_model, count_parameters, place_model
 from fpn_lab.models.catalogue import selection_table
 from fpn_lab.models.registry import get_preset, list_models
 from fpn_lab.runner.context import Run, display_path, project_path, set_seed, write_json_atomic
 from fpn_lab.threads import configure_threads
+from fpn_lab.viz.analysis import plot_confusion_matrix, plot_curves, show_worst_images
 from fpn_lab.viz.draw import (
     plot_metrics, show_batch, show_fpn_features, show_predictions, show_results, show_samples,
 )
@@ -45,11 +47,11 @@ __all__ = [
     "save_icevision_checkpoint", "show_preds", "show_samples", "tfms",
     # fpn_lab's own
     "COCOBBoxParser", "DataError", "ModelError", "ModelPicker", "ParamsError", "Record", "Run", "TrainingError",
-    "VOCBBoxParser", "VOCImageSetSplitter", "aug_tfms", "build_model", "check_reload", "configure_threads",
-    "count_parameters", "display_path", "evaluate", "find_lr", "get_preset", "history", "list_models",
+    "VOCBBoxParser", "VOCImageSetSplitter", "analyse", "aug_tfms", "build_model", "check_reload", "configure_threads",
+    "count_parameters", "display_path", "evaluate", "find_lr", "get_preset", "history", "image_losses", "list_models",
     "load_checkpoint", "load_image", "make_dataloaders", "make_learner", "open_dataset", "per_class_table",
-    "place_model",
+    "place_model", "plot_confusion_matrix", "plot_curves",
     "plot_metrics", "predict_dataset", "predict_images", "project_path", "records_to_coco", "resize_and_pad",
     "save_checkpoint", "selection_table", "set_seed", "show_batch", "show_fpn_features", "show_predictions",
-    "show_results", "train", "write_json_atomic",
+    "show_results", "show_worst_images", "train", "write_json_atomic",
 ]

@@ -12,10 +12,17 @@ def _run(args) -> int:
     from fpn_lab.runner.papermill_run import run_notebook
     from fpn_lab.runner.params import parse_set
 
-    kwargs = {"overrides": parse_set(args.set), "runs_dir": args.runs_dir, "kernel": args.kernel,
+    overrides = {**parse_set(args.set), **({"track": args.track} if args.track else {})}
+    kwargs = {"overrides": overrides, "runs_dir": args.runs_dir, "kernel": args.kernel,
               "timeout": args.timeout, "hide_input": args.hide_input, "run_dir": args.run_dir}
     if args.notebook:
         kwargs["notebook"] = args.notebook
+    elif args.params:  # compare_necks*.yaml: the neck comparison, as in a batch
+        from pathlib import Path
+
+        from fpn_lab.runner.batch import params_notebook
+
+        kwargs["notebook"] = params_notebook(Path(args.params))
     run_dir, ok = run_notebook(args.params, **kwargs)
     return 0 if ok and _gates_pass(run_dir, args.min) else 1
 
@@ -38,7 +45,8 @@ def _gates_pass(run_dir, items) -> bool:
 def _batch(args) -> int:
     from fpn_lab.runner.batch import parse_gates, run_batch
 
-    _, code = run_batch(args.params, jobs=args.jobs, name=args.name, overrides=args.set or [], runs_dir=args.runs_dir,
+    overrides = [*(args.set or []), *([f"track={args.track}"] if args.track else [])]
+    _, code = run_batch(args.params, jobs=args.jobs, name=args.name, overrides=overrides, runs_dir=args.runs_dir,
                         gates=parse_gates(args.min), timeout=args.timeout)
     return code
 
@@ -58,13 +66,16 @@ def main(argv=None) -> int:
     run = sub.add_parser("run", help="run a notebook headless with a params YAML into runs/<name>/")
     run.add_argument("params", nargs="?", help="params YAML (empty file = notebook defaults)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one parameter (repeatable)")
-    run.add_argument("--notebook", help="notebook to run (default notebooks/getting_started.ipynb)")
+    run.add_argument("--notebook", help="notebook to run (default: notebooks/compare_necks.ipynb for compare_necks*.yaml, "
+                     "otherwise notebooks/getting_started.ipynb)")
     run.add_argument("--runs-dir", default="runs", help="folder for a new runs/<run_name or timestamp-preset>/")
     run.add_argument("--run-dir", help="run into exactly this folder, which must be new or empty (fpn-lab batch "
                      "uses it); --runs-dir and run_name then do not choose the folder")
     run.add_argument("--kernel", default="fpn-lab", help="Jupyter kernel name (default fpn-lab)")
     run.add_argument("--timeout", type=float, default=None, help="per-cell timeout in seconds")
     run.add_argument("--hide-input", action="store_true", help="render the HTML without code cells' input")
+    run.add_argument("--track", choices=["none", "tensorboard", "mlflow"],
+                     help="log the run to TensorBoard or MLflow (the notebook's track parameter)")
     run.add_argument("--min", action="append", metavar="KEY=VALUE",
                      help="regression gate on metrics.json, e.g. --min AP50=0.7: exit 1 when below")
     run.set_defaults(func=_run)
@@ -77,6 +88,7 @@ def main(argv=None) -> int:
                      help="regression gate, e.g. --min AP50=0.7: exit 1 when a run falls below")
     bat.add_argument("--runs-dir", default="runs")
     bat.add_argument("--timeout", type=float, default=None, help="per-run timeout in seconds")
+    bat.add_argument("--track", choices=["none", "tensorboard", "mlflow"], help="log every run to TensorBoard or MLflow")
     bat.set_defaults(func=_batch)
     par = sub.add_parser("params", help="list a notebook's parameters with types and defaults")
     par.add_argument("notebook", nargs="?", default="notebooks/getting_started.ipynb")

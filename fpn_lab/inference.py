@@ -13,7 +13,7 @@ import torch
 from fpn_lab.data.images import load_image
 from fpn_lab.data.transforms import Geometry, Letterbox, check_image_array
 from fpn_lab.errors import DataError
-from fpn_lab.metrics.coco import coco_evaluate, detections_to_coco
+from fpn_lab.metrics.coco import detections_to_coco
 
 log = logging.getLogger("fpn_lab.inference")
 
@@ -56,7 +56,51 @@ def predict_dataset(model, dataset, batch_size: int = 8) -> list[dict]:
     return predict_batches(model, batches())
 
 
+def image_losses(model, dataset, indices: Sequence[int] | None = None) -> dict[int, tuple[dict, dict]]:
+    """Each image's losses and prediction, from one forward pass of that image alone with every
+    norm layer in eval mode (so they do not depend on which images share a batch).
+
+    Args:
+        dataset: a validation-transform (letterboxed) dataset.
+        indices: the images to score (default: all).
+
+    Returns:
+        ``{index: (losses, prediction)}``: ``losses`` is ``{"loss_total": float, <mmdet's loss
+        terms, e.g. loss_cls, loss_bbox, loss_obj>: float}``; ``prediction`` is ``{"boxes":
+        float32[M, 4] xyxy in original pixels, "scores": float32[M], "labels": int64[M]}``.
+    """
+    from fpn_lab.data.dataloaders import collate
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = {}
+    try:
+        with torch.no_grad():
+            for i in range(len(dataset)) if indices is None else indices:
+                images, targets = collate([dataset[i]])
+                targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+                res = model(images.to(device), targets)
+                losses = {"loss_total": float(res["loss"]), **{k: float(v) for k, v in res.items()
+                                                              if k.startswith("loss") and k != "loss"}}
+                p = res["predictions"][0] if res.get("predictions") else None
+                pred = {"boxes": targets[0]["geometry"].to_original(p["boxes"].cpu().numpy()) if p else
+                        np.zeros((0, 4), np.float32),
+                        "scores": p["scores"].cpu().numpy() if p else np.zeros(0, np.float32),
+                        "labels": p["labels"].cpu().numpy() if p else np.zeros(0, np.int64)}
+                out[i] = (losses, pred)
+    finally:
+        model.train(was_training)
+    return out
+
+
 def evaluate(model, dataset, class_map, batch_size: int = 8) -> tuple[dict, list[dict]]:
+    """COCO evaluation of ``model`` on ``dataset``: :func:`evaluation` without pycocotools' object."""
+    result, detections, _ = evaluation(model, dataset, class_map, batch_size)
+    return result, detections
+
+
+def evaluation(model, dataset, class_map, batch_size: int = 8):
     """COCO evaluation of ``model`` on ``dataset``.
 
     Args:
@@ -64,19 +108,23 @@ def evaluate(model, dataset, class_map, batch_size: int = 8) -> tuple[dict, list
             into the results), or class names (ids ``label + 1``).
 
     Returns:
-        ``(coco_evaluate result, COCO results list)``: the list uses the source's image and
-        category ids (``predictions.json``).
+        ``(result, detections, ev)``: the :func:`~fpn_lab.metrics.coco.coco_evaluation` result dict,
+        the COCO results list (the source's image and category ids: ``predictions.json``), and
+        pycocotools' evaluated ``COCOeval`` (``None`` when there was nothing to evaluate), which
+        :func:`fpn_lab.metrics.analysis.analyse` reads.
 
     Raises:
         ModelError: the model predicts another number of classes than ``class_map`` holds.
     """
+    from fpn_lab.metrics.coco import coco_evaluation
     from fpn_lab.models.build import check_num_classes
 
     check_num_classes(model, class_map, "evaluate")
     preds = predict_dataset(model, dataset, batch_size)
     detections = [d for rec, p in zip(dataset.records, preds)
                   for d in detections_to_coco(rec.image_id, p["boxes"], p["scores"], p["labels"], class_map)]
-    return coco_evaluate(dataset.records, detections, class_map), detections
+    result, ev = coco_evaluation(dataset.records, detections, class_map)
+    return result, detections, ev
 
 
 ON_ERROR = ("raise", "skip")

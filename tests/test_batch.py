@@ -52,6 +52,10 @@ def test_batch_with_a_failing_run(batch):
     page = (batch_dir / "index.html").read_text()
     assert page.count('<tr class="ok">') == 2 and "failed at step <b>DataLoaders</b>" in page
     assert 'href="smoke_a/getting_started.html"' in page and "data:image/png;base64," in page
+    assert 'href="smoke_a/confusion_matrix.png">confusion matrix</a>' in page
+    # two necks, but not one recipe (image size differs): the page says why there is no per-neck table
+    assert "No per-neck table: the runs differ in [&#39;image_size&#39;]" in page
+    assert rows["smoke_a"]["best_threshold"] not in ("", None) and "AP_small" in rows["smoke_a"]
 
 
 def _fake_run(started: threading.Barrier):
@@ -164,3 +168,13 @@ def test_pages_open_offline_in_chromium(batch, page_name):
     assert blocked == []
     assert images and all(done and width > 0 for done, width in images), images
     assert tables >= 1
+    if page_name.endswith("getting_started.html"):  # every figure of the notebook, the analysis' among them
+        cells = json.loads((batch_dir / "smoke_a" / "getting_started.ipynb").read_text())["cells"]
+        drawn = {"".join(c["source"]).splitlines()[0]: sum("image/png" in o.get("data", {}) for o in c.get("outputs", []))
+                 for c in cells if c["cell_type"] == "code"}
+        for call in ("plot_curves(analysis);", "plot_confusion_matrix(analysis);",
+                     "show_worst_images(analysis, valid_ds, n=4, model=model);"):
+            assert drawn[call] == 1, (call, drawn)
+        assert len(images) >= sum(drawn.values())
+    else:  # AP against time, per-class AP, the runs' precision-recall curves overlaid
+        assert len(images) == 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -114,3 +115,23 @@ def test_only_a_neck_the_head_cannot_use_is_neck_incompatible():
         with pytest.raises(ModelError) as info:
             build_model("retinanet_r18_fpn_1x", num_classes=3, **kwargs)
         assert not isinstance(info.value, NeckIncompatibleError), (kwargs, info.value)
+
+
+def test_nas_fpn_refuses_an_input_too_small_to_pool_to_p7(bccd_records):
+    """NAS-FPN pools its stride-64 level into P7: below 128 px that used to fail deep in torch
+    ("Output size is too small"); now the model and the parameters say what size it needs."""
+    from fpn_lab.errors import ParamsError
+    from fpn_lab.runner.params import validate_params
+
+    _, train, _ = bccd_records
+    model = build_model("yolox_tiny_pafpn_300e", num_classes=3, neck="nasfpn")
+    assert model.min_input_side == 128
+    images, targets = collate([Dataset(train[:1], resize_and_pad(96, model.preset.pad_value))[0]])
+    with pytest.raises(ModelError, match=r"NASFPN needs inputs of at least 128 px per side .*got \(96, 96\)"):
+        model(images, targets)
+    images, targets = collate([Dataset(train[:1], resize_and_pad(128, model.preset.pad_value))[0]])
+    assert math.isfinite(float(model(images, targets)["loss"]))
+    notebook = Path(__file__).resolve().parents[1] / "notebooks" / "getting_started.ipynb"
+    with pytest.raises(ParamsError, match="image_size: 96 is too small for neck: nasfpn"):
+        validate_params({"neck": "nasfpn", "image_size": 96}, notebook)
+    validate_params({"neck": "nasfpn", "image_size": 128}, notebook)

@@ -7,7 +7,9 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import yaml
 
 from conftest import ROOT
 from fpn_lab.errors import ParamsError
@@ -28,6 +30,15 @@ def test_smoke_run_writes_every_artefact(tmp_path):
     assert list(peak)[-1] == "total_notebook" and {"setup", "training", "evaluation"} <= set(peak)
     assert list(peak.values()) == sorted(peak.values()) and peak["training"] > 200
     assert len(metrics["history"]) == 1 and metrics["versions"]["mmdet"] == "3.3.0"
+    analysis = metrics["analysis"]  # smoke.yaml draws at 0.0: the confusion matrix counts every detection
+    assert set(analysis["by_size"]) == {"small", "medium", "large"}
+    assert analysis["confusion_matrix"]["score_threshold"] == 0.0
+    counts = np.array(analysis["confusion_matrix"]["counts"])
+    n_boxes = sum(v["boxes"] for v in analysis["by_size"].values())
+    assert counts[:-1].sum() == n_boxes  # each scored box is either paired or missed, once
+    predictions = json.loads((run_dir / "predictions.json").read_text())
+    assert counts[:, :-1].sum() == len(predictions)  # every detection is paired or false (no crowd boxes here)
+    assert (run_dir / "confusion_matrix.png").stat().st_size > 0 and (run_dir / "curves.png").stat().st_size > 0
     preds = json.loads((run_dir / "predictions.json").read_text())
     assert isinstance(preds, list)  # one epoch at 64 px may score nothing above the head's threshold
     assert all(set(p) == {"image_id", "category_id", "bbox", "score"} for p in preds)
@@ -78,27 +89,50 @@ def test_an_explicit_run_dir_must_be_new_or_empty(tmp_path):
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["metrics.json", "taken"]
 
 
-def test_compare_necks_notebook(tmp_path):
-    overrides = {"selection": "yolox_tiny_pafpn_300e", "necks": ["fpn", "nasfpn"], "data_dir": "data/fridge",
-                 "split": "random", "image_size": 256, "batch_size": 2, "epochs": 1}  # NAS-FPN pools P7: >= 256 px
+def test_compare_necks_renders_the_study_from_its_metrics(tmp_path):
+    """The default: the kept runs of bench/logs/necks, no training."""
+    cmd = [sys.executable, "-m", "fpn_lab.cli", "run", str(ROOT / "params" / "compare_necks.yaml"), "--set",
+           "complexity=false", "--runs-dir", str(tmp_path)]  # the notebook is chosen from the params file's name
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    (run_dir,) = tmp_path.iterdir()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    rows = {r["neck"]: r for r in metrics["necks"]}
+    assert set(rows) == {"YOLOXPAFPN", "FPN", "PAFPN", "NASFPN", "BiFPN", "ChannelMapper"}
+    assert metrics["necks"][0]["verdict"] == "baseline" and len(metrics["runs"]) >= 6
+    assert (run_dir / "compare_necks.html").read_text().count("data:image/png;base64,") >= 2  # AP and per-class figures
+
+
+def _neck_params(tmp_path, necks):
+    folder = tmp_path / "necks"
+    folder.mkdir()
+    base = yaml.safe_load((ROOT / "params" / "smoke.yaml").read_text())
+    for neck in necks:
+        (folder / f"{neck}.yaml").write_text(yaml.safe_dump({**base, "neck": neck, "lr_find_iters": 0, "image_size": 128}))
+    return folder
+
+
+def test_compare_necks_trains_the_necks_when_asked(tmp_path):
+    overrides = {"train": True, "necks_params": str(_neck_params(tmp_path, ["fpn", "bifpn"])), "seeds": [3]}
     run_dir, ok = run_notebook(notebook=ROOT / "notebooks" / "compare_necks.ipynb", overrides=overrides,
-                               runs_dir=tmp_path, echo=False)
+                               runs_dir=tmp_path / "runs", echo=False)
     assert ok, (run_dir / "run.log").read_text()[-3000:]
     rows = {r["neck"]: r for r in json.loads((run_dir / "metrics.json").read_text())["necks"]}
-    assert rows["fpn"]["status"] == "ok" and rows["fpn"]["neck_type"] == "FPN" and rows["fpn"]["GFLOPs"] > 0
-    assert rows["nasfpn"]["status"] == "ok" and rows["nasfpn"]["levels"] == "P3-P4-P5-P6-P7"
+    assert set(rows) == {"FPN", "BiFPN"} and rows["FPN"]["seeds"] == [3] and rows["BiFPN"]["flops"] > 0
+    for neck in ("fpn", "bifpn"):  # each neck trained as its own run inside the comparison's folder
+        assert json.loads((run_dir / "seed3" / neck / "metrics.json").read_text())["params"]["seed"] == 3
+    assert (run_dir / "seed3" / "index.html").is_file()
 
 
-def test_compare_necks_fails_on_an_error_that_is_not_an_incompatible_neck(tmp_path):
-    """Only "this head cannot use this neck" is a skipped row; any other error fails the run (an
-    unknown neck name used to be recorded as skipped, and the run as ok)."""
-    overrides = {"selection": "yolox_tiny_pafpn_300e", "necks": ["bifpnx", "fpn"], "data_dir": "data/fridge",
-                 "split": "random", "image_size": 64, "batch_size": 2, "epochs": 1}
+def test_compare_necks_fails_when_a_neck_s_run_fails(tmp_path):
+    """A neck that cannot run fails the comparison (it used to be recorded as skipped, and the run as ok)."""
+    overrides = {"train": True, "necks_params": str(_neck_params(tmp_path, ["bifpnx"])), "seeds": [0]}
     run_dir, ok = run_notebook(notebook=ROOT / "notebooks" / "compare_necks.ipynb", overrides=overrides,
-                               runs_dir=tmp_path, echo=False)
+                               runs_dir=tmp_path / "runs", echo=False)
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert not ok and metrics["status"] == "failed" and metrics["error"]["ename"] == "ModelError"
-    assert "unknown neck 'bifpnx'" in metrics["error"]["evalue"]
+    assert not ok and metrics["status"] == "failed" and metrics["error"]["ename"] == "TrainingError"
+    assert "seed 0: a neck's run failed" in metrics["error"]["evalue"]
+    assert "bifpnx" in (run_dir / "seed0" / "index.html").read_text()
 
 
 def _notebook_with_progress_lines(tmp_path):
@@ -160,3 +194,52 @@ def test_notebook_trains_on_a_coco_folder_and_writes_source_ids(tmp_path, coco_f
     assert {c["id"] for c in gt["categories"]} == {c["id"] for c in source["categories"]}
     preds = json.loads((run_dir / "predictions.json").read_text())
     assert {p["image_id"] for p in preds} <= {"fridge-10"} and {p["category_id"] for p in preds} <= {0, 3, 7, 12}
+
+
+def test_tensorboard_tracking_is_read_back_by_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, ok = run_notebook(ROOT / "params" / "smoke.yaml", overrides={"track": "tensorboard", "lr_find_iters": 0},
+                               runs_dir=tmp_path, echo=False)
+    assert ok, (run_dir / "run.log").read_text()[-3000:]
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0}).Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train_loss", "valid_loss", "AP", "AP50", "final/AP", "final/AP50"} <= scalars, scalars
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert events.Scalars("final/AP")[-1].value == pytest.approx(metrics["metrics"]["AP"], abs=1e-6)
+    assert events.Scalars("AP")[-1].value == pytest.approx(metrics["history"][-1]["AP"], abs=1e-6)
+    assert {"curves", "confusion_matrix"} <= set(events.Tags()["images"])
+
+
+def test_mlflow_tracking_is_read_back_by_mlflow(tmp_path, monkeypatch):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # the kernel inherits it; never the project's runs/mlflow.db
+    run_dir, ok = run_notebook(ROOT / "params" / "smoke.yaml", overrides={"track": "mlflow", "lr_find_iters": 0},
+                               runs_dir=tmp_path / "runs", echo=False)
+    assert ok, (run_dir / "run.log").read_text()[-3000:]
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["fpn_lab"])
+    assert len(runs) == 1
+    row = runs.iloc[0]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert row["status"] == "FINISHED" and row["tags.mlflow.runName"] == run_dir.name
+    assert row["metrics.final_AP"] == pytest.approx(metrics["metrics"]["AP"], abs=1e-6)
+    assert row["params.image_size"] == "64" and row["params.track"] == "mlflow"
+    history = mlflow.MlflowClient(uri).get_metric_history(row["run_id"], "valid_loss")
+    assert [m.step for m in history] == [1] and history[0].value == pytest.approx(metrics["history"][0]["valid_loss"])
+    artifacts = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(row["run_id"])}
+    assert {"metrics.json", "model.pth", "confusion_matrix.png", "curves.png"} <= artifacts
+
+
+def test_a_failed_run_is_failed_in_mlflow(tmp_path, monkeypatch):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    run_dir, ok = run_notebook(ROOT / "params" / "smoke.yaml", overrides={"track": "mlflow", "batch_size": 16},
+                               runs_dir=tmp_path / "runs", echo=False)
+    assert not ok
+    mlflow.set_tracking_uri(uri)
+    assert mlflow.search_runs(experiment_names=["fpn_lab"])["status"].tolist() == ["FAILED"]

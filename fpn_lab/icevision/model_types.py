@@ -389,9 +389,7 @@ class ModelType:
         Raises:
             ModelError: ``sort_by`` names no loss of this model.
         """
-        import torch
-
-        from fpn_lab.data.dataloaders import collate
+        from fpn_lab.inference import image_losses
         from fpn_lab.viz.draw import show_results
 
         _check_threshold(detection_threshold)
@@ -399,26 +397,7 @@ class ModelType:
             raise ModelError("plot_top_losses computes each image's loss alone (batch_size=1); a batch's mmdet loss is "
                              "one number for all its images.")
         ds = _letterboxed(dataset, model)
-        was_training = model.training
-        model.eval()
-        rows = []
-        device = next(model.parameters()).device
-        try:
-            with torch.no_grad():
-                for i in range(len(ds)):
-                    images, targets = collate([ds[i]])
-                    targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
-                    out = model(images.to(device), targets)
-                    losses = {"loss_total": float(out["loss"]), **{k: float(v) for k, v in out.items()
-                                                                   if k.startswith("loss") and k != "loss"}}
-                    p = out["predictions"][0] if out.get("predictions") else None
-                    pred = {"boxes": targets[0]["geometry"].to_original(p["boxes"].cpu().numpy()) if p else
-                            np.zeros((0, 4), np.float32),
-                            "scores": p["scores"].cpu().numpy() if p else np.zeros(0, np.float32),
-                            "labels": p["labels"].cpu().numpy() if p else np.zeros(0, np.int64)}
-                    rows.append((i, losses, pred))
-        finally:
-            model.train(was_training)
+        rows = [(i, losses, pred) for i, (losses, pred) in image_losses(model, ds).items()]
         names = sorted(rows[0][1]) if rows else []
         if sort_by not in names:
             raise ModelError(f"plot_top_losses(sort_by={sort_by!r}): this model's losses are {names}.")

@@ -134,3 +134,22 @@ class PhaseTimer(Callback):
         self.timed_run.timing[self.phase] = self.timed_run.timing.get(self.phase, 0.0) + time.perf_counter() - self.t0
         self.timed_run._record_peak_rss(self.phase)
 
+
+
+class EpochMetrics(Callback):
+    """After each training epoch (not ``lr_find``), hand the recorder's values (``train_loss``,
+    ``valid_loss`` and the metrics, by name; NaN left out) to ``log(values, step=epoch)``: a
+    tracker's logging function (:mod:`fpn_lab.runner.tracking`)."""
+
+    order = 70  # after Recorder (50), whose values for the epoch it reads
+
+    def __init__(self, log):
+        self.log = log
+
+    def after_epoch(self):
+        if hasattr(self.learn, "lr_finder"):
+            return
+        rec = self.learn.recorder
+        values = {n: float(v) for n, v in zip(rec.metric_names[1:-1], rec.log[1:-1])
+                  if isinstance(v, (int, float)) and math.isfinite(float(v))}
+        self.log(values, step=self.epoch + 1)

@@ -80,6 +80,11 @@ def detections_to_coco(image_id, boxes: np.ndarray, scores: np.ndarray, labels: 
 
 
 def coco_evaluate(records: Sequence[Record], detections: list[dict], class_map: ClassMap | Sequence[str]) -> dict:
+    """:func:`coco_evaluation`'s result dict alone."""
+    return coco_evaluation(records, detections, class_map)[0]
+
+
+def coco_evaluation(records: Sequence[Record], detections: list[dict], class_map: ClassMap | Sequence[str]):
     """Evaluate COCO-format ``detections`` (source ids, see :func:`detections_to_coco`) against ``records``.
 
     Returns:
@@ -88,6 +93,9 @@ def coco_evaluate(records: Sequence[Record], detections: list[dict], class_map: 
         With no ground-truth box at all every value is ``nan`` and ``message`` is
         ``"no ground-truth boxes"`` (pycocotools would report -1). With ground truth but no
         detection every value is 0.0. A class without ground truth has per-class AP ``nan``.
+        Returned as ``(result, ev)`` with ``ev`` the evaluated and accumulated pycocotools
+        ``COCOeval`` (its ``evalImgs`` and ``eval`` arrays: :mod:`fpn_lab.metrics.analysis`), or
+        ``None`` when nothing was evaluated (no ground truth, or no detections).
 
     Raises:
         DataError: a detection names an image id or category id that the ground truth lacks.
@@ -100,13 +108,13 @@ def coco_evaluate(records: Sequence[Record], detections: list[dict], class_map: 
     gt = records_to_coco(records, class_map)
     nan = {k: math.nan for k in COCO_STAT_NAMES}
     if not any(not a["iscrowd"] for a in gt["annotations"]):
-        return {**nan, "per_class_AP": {n: math.nan for n in names}, "message": "no ground-truth boxes"}
+        return {**nan, "per_class_AP": {n: math.nan for n in names}, "message": "no ground-truth boxes"}, None
     counts = np.bincount([int(label) for r in records for label, ig in zip(r.labels, r.iscrowd | r.difficult) if not ig],
                          minlength=len(names))
     if not detections:
         return {**{k: 0.0 for k in COCO_STAT_NAMES},
                 "per_class_AP": {n: (0.0 if c else math.nan) for n, c in zip(names, counts)},
-                "message": "no detections"}
+                "message": "no detections"}, None
     unknown = {d["image_id"] for d in detections} - {im["id"] for im in gt["images"]}
     if unknown:
         raise DataError(f"detections name image ids that are not in the ground truth: {sorted(unknown, key=str)[:5]} "
@@ -131,7 +139,7 @@ def coco_evaluate(records: Sequence[Record], detections: list[dict], class_map: 
     for label, (name, cid) in enumerate(zip(names, class_map.category_ids)):
         p = precision[:, :, list(ev.params.catIds).index(cid)]
         per_class[name] = float(p[p > -1].mean()) if counts[label] and (p > -1).any() else math.nan
-    return {**stats, "per_class_AP": per_class, "message": ""}
+    return {**stats, "per_class_AP": per_class, "message": ""}, ev
 
 
 def per_class_table(result: dict):

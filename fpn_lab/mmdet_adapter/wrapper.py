@@ -135,6 +135,13 @@ class MMDetModel(nn.Module):
         return level_names(neck_strides(self.cfg))
 
     @property
+    def min_input_side(self) -> int:
+        """The smallest input side, in pixels, the neck can take: 128 for NAS-FPN (it max-pools its
+        stride-64 level into P7, stride 128, which needs two pixels to pool), else 32 (the
+        coarsest backbone stride; fpn_lab's inputs are multiples of 32)."""
+        return 128 if type(self.neck).__name__ == "NASFPN" else 32
+
+    @property
     def num_classes(self) -> int:
         """Classes the head predicts (no background): labels are ``0 .. num_classes - 1``."""
         return int(self.detector.bbox_head.num_classes)
@@ -175,6 +182,12 @@ class MMDetModel(nn.Module):
         ``bgr_to_rgb`` (VFNet, RetinaNet) and keeps BGR otherwise (YOLOX). We hand it BGR, as
         mmdet's own loaders do.
         """
+        if min(images.shape[-2:]) < self.min_input_side:
+            from fpn_lab.errors import ModelError
+
+            raise ModelError(f"{type(self.neck).__name__} needs inputs of at least {self.min_input_side} px per side "
+                             f"(see MMDetModel.min_input_side); got {tuple(images.shape[-2:])}. Set image_size to "
+                             f"{self.min_input_side} or more, or choose another neck.")
         bgr = images.flip(1)
         data = self.detector.data_preprocessor({"inputs": bgr, "data_samples": self._samples(images, targets)},
                                                training=training)

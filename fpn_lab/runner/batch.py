@@ -4,7 +4,9 @@
 ``runs/<batch>/<params-file-stem>/`` (continuing past failures), then writes
 ``runs/<batch>/comparison.csv`` and a self-contained ``runs/<batch>/index.html``: one row per run,
 plots, links to each rendered notebook, failed runs with the failing step, and rows whose data,
-split, seed or image size differ from the batch's majority flagged as not comparable.
+split, seed or image size differ from the batch's majority flagged as not comparable. A batch
+whose runs differ only in the neck and seed also gets the per-neck table (mean ± sd over seeds,
+:mod:`fpn_lab.runner.compare`).
 
 Each run is told its folder (``fpn-lab run --run-dir``) and its row is read from there, so runs
 going at the same time (``--jobs``) never take each other's results.
@@ -31,7 +33,7 @@ from fpn_lab.runner.params import load_params_file, parse_set, validate_params
 from fpn_lab.threads import usable_cores
 
 COLUMNS = ["run", "status", "preset", "neck", "image_size", "epochs", "seed", "data_dir", "split", "AP", "AP50",
-           "train_s", "params", "inference_ms_per_image", "comparable", "failed_step", "error"]
+           "AP_small", "AP_medium", "AP_large", "best_threshold", "train_s", "params", "inference_ms_per_image", "comparable", "failed_step", "error"]
 
 
 def parse_gates(items) -> dict[str, float]:
@@ -109,6 +111,12 @@ def _row(name: str, run_dir: Path | None) -> dict:
                    params=m.get("model", {}).get("params"), neck=m.get("model", {}).get("neck"),
                    inference_ms_per_image=m.get("inference_ms_per_image"))
         row["per_class_AP"] = met.get("per_class_AP", {})
+        analysis = m.get("analysis") or {}
+        for size, v in (analysis.get("by_size") or {}).items():  # None: no boxes of that size (COCO's -1)
+            row[f"AP_{size}"] = v.get("AP")
+        row["best_threshold"] = (analysis.get("best_threshold") or {}).get("score")
+        row["_curves"] = analysis.get("curves")
+        row["_metrics"] = {**m, "_source": str(run_dir / "metrics.json")}
     else:
         err = m.get("error", {"ename": "NoRun", "evalue": "the run did not start; see its .batch.log"})
         row["error"] = f"{err.get('ename')}: {str(err.get('evalue'))[:300]}"
@@ -156,6 +164,19 @@ def _plots(rows: list[dict]) -> list[str]:
         ax.set(ylabel="AP@[.5:.95]", title="per-class AP")
         ax.legend(fontsize=8)
         figs.append(fig)
+    curved = [r for r in ok if r.get("_curves")]
+    if curved:
+        classes = list(curved[0]["_curves"]["pr_precision"])
+        fig, axes = plt.subplots(1, len(classes), figsize=(3.6 * len(classes), 3.4), squeeze=False)
+        for ax, c in zip(axes[0], classes):
+            for r in curved:
+                pr = r["_curves"]["pr_precision"].get(c)
+                if pr:
+                    ax.plot(r["_curves"]["pr_recall"], [float("nan") if v is None else v for v in pr], label=r["run"])
+            ax.set(title=f"{c}: precision-recall, IoU 0.5", xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=7)
+        figs.append(fig)
     out = []
     for fig in figs:
         buf = io.BytesIO()
@@ -164,6 +185,21 @@ def _plots(rows: list[dict]) -> list[str]:
         plt.close(fig)
         out.append(base64.b64encode(buf.getvalue()).decode())
     return out
+
+
+def neck_section(rows: list[dict]) -> tuple[list[dict], str]:
+    """The per-neck table of a batch (:func:`fpn_lab.runner.compare.table_records`) when its ok runs
+    use two or more necks; otherwise ``[]``. The second item says why a batch with several necks
+    gets no table (its runs differ in more than the neck and seed), shown on the page."""
+    from fpn_lab.runner.compare import neck_label, neck_table, table_records
+
+    runs = [r["_metrics"] for r in rows if r["status"] == "ok" and r.get("_metrics")]
+    if len({neck_label(m) for m in runs}) < 2:
+        return [], ""
+    try:
+        return table_records(neck_table(runs)), ""
+    except ParamsError as e:  # shown on the page instead of the table
+        return [], f"No per-neck table: {e}"
 
 
 def write_report(batch_dir: Path, rows: list[dict]) -> tuple[Path, Path]:
@@ -180,9 +216,13 @@ def write_report(batch_dir: Path, rows: list[dict]) -> tuple[Path, Path]:
     for r in rows:
         html = next(r["_dir"].glob("*.html"), None) if r["_dir"] else None
         r["link"] = html.relative_to(batch_dir).as_posix() if html else ""
+        cm = r["_dir"] / "confusion_matrix.png" if r["_dir"] else None
+        r["cm_link"] = cm.relative_to(batch_dir).as_posix() if cm and cm.is_file() else ""
+    necks, necks_note = neck_section(rows)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")), autoescape=True)
     page = env.get_template("comparison.html.j2").render(
-        title=batch_dir.name, rows=rows, plots=_plots(rows), created=datetime.now().isoformat(timespec="seconds"),
+        title=batch_dir.name, rows=rows, plots=_plots(rows), necks=necks, necks_note=necks_note,
+        created=datetime.now().isoformat(timespec="seconds"),
         fmt=lambda v, nd=3: f"{v:.{nd}f}" if isinstance(v, float) else ("n/a" if v is None else v))
     index = batch_dir / "index.html"
     index.with_suffix(".tmp").write_text(page, encoding="utf-8")

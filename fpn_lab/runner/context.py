@@ -10,10 +10,15 @@
   ``valid`` sizes), ``sources`` (the annotation files), ``parse`` (the parser's
   :class:`~fpn_lab.data.parsers.ParseReport`: kept, clipped, dropped boxes by reason) and, with
   two COCO files, ``parse_by_source`` (:meth:`~fpn_lab.data.datasets.DatasetSplit.as_dict`).
-* ``model``: ``params`` (parameter count), ``neck``, ``levels``.
+* ``model``: ``params`` (parameter count), ``neck`` (its class name), ``neck_params`` (the neck's
+  parameter count), ``levels``.
 * ``metrics``: the 12 COCO box stats (``AP`` = AP@[.5:.95], ``AP50``, ``AP75``, ``AP_small`` ...,
   ``AR100`` ...) as fractions, ``per_class_AP``, ``message``; evaluated with pycocotools on
   the validation split in original-image pixels.
+* ``analysis`` (after :meth:`Run.analyse`): AP / AR and box count per size range, the suggested
+  score threshold (best mean F1) with each class' P / R / F1 there, the confusion matrix (counts
+  and row-normalised, IoU 0.5, its score threshold), the curves, the worst images
+  (:meth:`fpn_lab.metrics.analysis.Analysis.as_dict`).
 * ``history``: per epoch ``train_loss``, ``valid_loss``, ``AP``, ``AP50``.
 * ``timing_s``: seconds per phase (``setup``, ``lr_find``, ``training``, ``evaluation``, and
   ``rendering`` added by the runner).
@@ -171,6 +176,9 @@ class Run:
         self.threads = None
         self.result: dict | None = None
         self.evaluated_images = 0
+        self._evaluation = None  # (records, detections, class_map, COCOeval) for analyse()
+        self.analysis = None
+        self.tracker = None  # fpn_lab.runner.tracking: set by start() from the track parameter
 
     @classmethod
     def start(cls, namespace: dict, notebook: str | Path = "notebooks/getting_started.ipynb") -> Run:
@@ -206,6 +214,10 @@ class Run:
         run.preset = preset
         set_seed(params["seed"])
         run.threads = configure_threads(params.get("num_threads", 0))
+        if params.get("track", "none") != "none":
+            from fpn_lab.runner.tracking import make_tracker
+
+            run.tracker = make_tracker(params["track"], run)
         print(f"preset: {preset.name} ({preset.description}); seed {params['seed']}; {run.threads.count} torch threads "
               f"({run.threads.reason}); run folder: {display_path(run.dir)}")
         return run
@@ -242,25 +254,62 @@ class Run:
     def callbacks(self) -> list:
         """The learner's run callbacks: :meth:`progress_callback` and a timer of each fit
         (:class:`~fpn_lab.learner.progress.PhaseTimer`: ``setup`` until the first fit, then
-        ``lr_find`` and ``training``)."""
+        ``lr_find`` and ``training``), and the tracker's, with ``track`` set
+        (:mod:`fpn_lab.runner.tracking`)."""
         from fpn_lab.learner.progress import PhaseTimer
 
-        return [self.progress_callback(), PhaseTimer(self)]
+        return [self.progress_callback(), PhaseTimer(self)] + ([self.tracker.callback()] if self.tracker else [])
 
     def evaluate(self, model, dataset, class_map) -> dict:
         """COCO evaluation of ``model`` on ``dataset`` (:func:`~fpn_lab.inference.evaluate`),
         timed as ``evaluation``; writes ``predictions.json`` (COCO results, the dataset's own ids)
         and ``ground_truth.json`` (what they were scored against) and keeps the result for
         :meth:`finish`. Returns the result dict (``AP``, ``AP50``, ... ``per_class_AP``)."""
-        from fpn_lab.inference import evaluate
+        from fpn_lab.inference import evaluation
         from fpn_lab.metrics.coco import records_to_coco
 
         with self.phase("evaluation"):
-            result, detections = evaluate(model, dataset, class_map)
+            result, detections, ev = evaluation(model, dataset, class_map)
         write_json_atomic(self.path("predictions.json"), detections)
         write_json_atomic(self.path("ground_truth.json"), records_to_coco(dataset.records, class_map))
         self.result, self.evaluated_images = result, len(dataset)
+        self._evaluation = (dataset.records, detections, class_map, ev)
         return result
+
+    def analyse(self, detection_threshold: float | str = "auto"):
+        """Analyse the evaluation :meth:`evaluate` did (no second pass over the data): AP by size,
+        curves, the suggested threshold, the confusion matrix and per-image errors at
+        ``detection_threshold`` (``"auto"``: the best mean F1's), as
+        :func:`fpn_lab.metrics.analysis.analyse`. Writes ``confusion_matrix.png`` and
+        ``curves.png`` to the run folder and keeps the summary for ``metrics.json``
+        (``analysis``). Prints the size table's gist and the threshold.
+
+        Raises:
+            TrainingError: called before :meth:`evaluate`.
+        """
+        import matplotlib.pyplot as plt
+
+        from fpn_lab.errors import TrainingError
+        from fpn_lab.metrics.analysis import analyse
+        from fpn_lab.viz.analysis import plot_confusion_matrix, plot_curves
+
+        if self._evaluation is None:
+            raise TrainingError("Run.analyse: nothing evaluated yet; call run.evaluate(model, valid_ds, class_map) first.")
+        records, detections, class_map, ev = self._evaluation
+        self.analysis = analyse(records, detections, class_map, self.result, ev, detection_threshold)
+        for name, draw in (("confusion_matrix.png", plot_confusion_matrix), ("curves.png", plot_curves)):
+            fig = draw(self.analysis)
+            tmp = self.path(name + ".tmp.png")
+            fig.savefig(tmp, dpi=90, bbox_inches="tight")
+            tmp.replace(self.path(name))
+            plt.close(fig)
+        a = self.analysis
+        sizes = ", ".join(f"{k} {v['AP']:.3f} ({v['boxes']} boxes)" if v["AP"] is not None else f"{k}: no boxes"
+                          for k, v in a.by_size.items())
+        best = ("no detections to choose a threshold from" if np.isnan(a.best_threshold) else
+                f"best mean F1 {a.best_mean_f1:.3f} at score {a.best_threshold:.2f}")
+        print(f"AP by size: {sizes}\n{best}; confusion matrix and worst images at score >= {a.score_threshold:.2f}")
+        return self.analysis
 
     def finish(self, **sections) -> Path:
         """Write ``metrics.json`` with ``status: ok`` and the given sections (see module docstring).
@@ -288,7 +337,10 @@ class Run:
                 **({"peak_rss_mb": self.peak_rss_mb} if self.peak_rss_mb else {}),
                 "git_commit": git_commit(), "host": {"cpus": os.cpu_count(), "platform": platform.platform()},
                 "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        return write_json_atomic(self.path("metrics.json"), data)
+        path = write_json_atomic(self.path("metrics.json"), data)
+        if self.tracker is not None:  # after metrics.json, which it logs as an artefact
+            self.tracker.finish(json.loads(path.read_text()), self.dir)
+        return path
 
     def _as_data(self, sections: dict) -> dict:
         out = {}
@@ -298,12 +350,14 @@ class Run:
         if self.result is not None:
             out.update(metrics=self.result, inference_ms_per_image=round(
                 1000 * self.timing.get("evaluation", 0.0) / max(1, self.evaluated_images), 1))
+        if self.analysis is not None:
+            out["analysis"] = self.analysis.as_dict()
         for key, value in sections.items():
             if key == "dataset" and hasattr(value, "as_dict"):
                 value = value.as_dict(display_path)
             elif key == "model" and hasattr(value, "num_classes") and hasattr(value, "levels"):
                 value = {"params": sum(p.numel() for p in value.parameters()), "neck": type(value.neck).__name__,
-                         "levels": list(value.levels)}
+                         "neck_params": sum(p.numel() for p in value.neck.parameters()), "levels": list(value.levels)}
             elif key == "learn" and hasattr(value, "recorder"):
                 from fpn_lab.learner.learner import history
 

@@ -9,6 +9,7 @@ parameter's default (see :func:`coerce`), before a kernel starts.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import yaml
@@ -92,8 +93,15 @@ def coerce(name: str, value, default):
     * a boolean where a string, number or list item is expected is an error (``no``, ``yes``,
       ``on``, ``off`` are booleans in YAML: quote them).
     * lists: each item must have the type of the default's items (when the default has items).
-    * ``selection`` takes an int index or a preset name.
+    * ``selection`` takes an int index or a preset name; ``detection_threshold`` a score in
+      ``[0, 1]`` or ``"auto"``.
     """
+    if name == "detection_threshold":
+        from fpn_lab.metrics.analysis import check_threshold
+
+        if isinstance(value, str) and re.fullmatch(r"\s*[0-9.]+(e-?[0-9]+)?\s*", value):  # --set detection_threshold=0.4
+            value = float(value)
+        return check_threshold(value), None
     expected = type(default)
     if value is None:
         if default is None or expected is str:
@@ -205,6 +213,13 @@ def _check_values(params: dict) -> None:
     necks = ("", *NECK_TYPES)
     if params.get("neck") not in (None, *necks):
         raise ParamsError(f"neck: {params['neck']!r} is not one of {list(necks)} ('' keeps the preset's neck).")
+    if params.get("neck") == "nasfpn" and isinstance(params.get("image_size"), int) and params["image_size"] < 128:
+        raise ParamsError(f"image_size: {params['image_size']} is too small for neck: nasfpn, which needs 128 px or more "
+                          "(it pools down to P7, stride 128); raise image_size or choose another neck.")
+    if "track" in params:
+        from fpn_lab.runner.tracking import check_track
+
+        check_track(params["track"])
     name = params.get("run_name")
     if name and (Path(name).name != name or name in (".", "..")):
         raise ParamsError(f"run_name: {name!r} must be a plain folder name (no '/' or '..'); runs go under runs/.")
