@@ -129,7 +129,8 @@ def test_nas_fpn_refuses_an_input_too_small_to_pool_to_p7(bccd_records):
     images, targets = collate([Dataset(train[:1], resize_and_pad(96, model.preset.pad_value))[0]])
     with pytest.raises(ModelError, match=r"NASFPN needs inputs of at least 128 px per side .*got \(96, 96\)"):
         model(images, targets)
-    images, targets = collate([Dataset(train[:1], resize_and_pad(128, model.preset.pad_value))[0]])
+    ds = Dataset(train[:2], resize_and_pad(128, model.preset.pad_value))
+    images, targets = collate([ds[0], ds[1]])  # two images: BatchNorm needs more than one value at P7 (1x1)
     assert math.isfinite(float(model(images, targets)["loss"]))
     notebook = Path(__file__).resolve().parents[1] / "notebooks" / "getting_started.ipynb"
     with pytest.raises(ParamsError, match="image_size: 96 is too small for neck: nasfpn"):

@@ -231,6 +231,8 @@ def test_mlflow_tracking_is_read_back_by_mlflow(tmp_path, monkeypatch):
     assert [m.step for m in history] == [1] and history[0].value == pytest.approx(metrics["history"][0]["valid_loss"])
     artifacts = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(row["run_id"])}
     assert {"metrics.json", "model.pth", "confusion_matrix.png", "curves.png"} <= artifacts
+    location = mlflow.get_experiment_by_name("fpn_lab").artifact_location  # beside the database, not ./mlruns
+    assert location == (tmp_path / "mlartifacts").as_uri() and not (ROOT / "mlruns").exists()
 
 
 def test_a_failed_run_is_failed_in_mlflow(tmp_path, monkeypatch):

@@ -11,7 +11,8 @@
   suggested threshold, and as artefacts ``metrics.json``, the checkpoint and the figures. The
   store is ``MLFLOW_TRACKING_URI`` when set (a server, a database, a folder), else a SQLite file
   in the project's ``runs/mlflow.db`` with artefacts in ``runs/mlartifacts/`` (MLflow's own
-  default backend since 3.7 is SQLite; its file store is kept only for old folders). The
+  default backend since 3.7 is SQLite; its file store is kept only for old folders); a SQLite store
+  anywhere keeps its artefacts in ``mlartifacts/`` beside the file. The
   experiment is ``fpn_lab`` (``MLFLOW_EXPERIMENT_NAME`` to change it). MLflow's anonymous usage
   telemetry is switched off (``MLFLOW_DISABLE_TELEMETRY``), unless the user set that variable:
   nothing leaves the machine unless the tracking URI points elsewhere. A run that fails before
@@ -103,7 +104,9 @@ class MLflowTracker:
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME", self.EXPERIMENT)
         exp = self.client.get_experiment_by_name(name)
         if exp is None:
-            location = None if os.environ.get("MLFLOW_TRACKING_URI") else (runs / "mlartifacts").as_uri()
+            # beside a SQLite file (MLflow would put them in ./mlruns of the working folder); a server decides its own
+            location = (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri() \
+                if uri.startswith("sqlite:///") else None
             exp_id = self.client.create_experiment(name, artifact_location=location)
         else:
             exp_id = exp.experiment_id
