@@ -132,9 +132,9 @@ def neck_table(runs: Sequence[dict], baseline: str = "") -> list[dict]:
 
     Returns:
         Rows ``{"neck", "neck_param", "seeds", "n", "params", "neck_params", "stats", "per_class",
-        "train_s", "latency_ms", "delta_AP", "verdict"}``: ``stats[key]`` and ``per_class[name]``
+        "train_s", "eval_ms_per_image", "delta_AP", "verdict"}``: ``stats[key]`` and ``per_class[name]``
         are ``(mean, sd, n)`` of the COCO metric (AP@[.5:.95], AP50, AP by COCO size range);
-        ``train_s`` the training seconds, ``latency_ms`` the run's evaluation milliseconds per
+        ``train_s`` the training seconds, ``eval_ms_per_image`` each run's evaluation milliseconds per
         image; ``verdict`` is ``"baseline"``, ``"beyond the spread"``, ``"within the spread"`` or
         ``"n/a (< 2 seeds)"`` for AP. The baseline row comes first, then the others by name.
 
@@ -174,7 +174,7 @@ def neck_table(runs: Sequence[dict], baseline: str = "") -> list[dict]:
             "stats": {k: _stats(x.get(k) for x in met) for k in KEYS},
             "per_class": {c: _stats(x.get("per_class_AP", {}).get(c) for x in met) for c in classes},
             "train_s": _stats(m.get("timing_s", {}).get("training") for m in ms),
-            "latency_ms": _stats(m.get("inference_ms_per_image") for m in ms),
+            "eval_ms_per_image": _stats(m.get("inference_ms_per_image") for m in ms),
         })
     ref = rows[0]["stats"]["AP"]
     for r in rows:
@@ -235,7 +235,7 @@ def table_records(rows: Sequence[dict]) -> list[dict]:
             rec[f"GFLOPs @{r['image_size']}"] = f"{r['flops'] / 1e9:.2f}"
             rec["neck GFLOPs"] = f"{r['neck_flops'] / 1e9:.2f}"
             rec[f"latency ms (1 image, {r['threads']} threads)"] = f"{r['latency_1img_ms']:.1f}"
-        rec["eval ms/image"] = _ms(r["latency_ms"], 1)
+        rec["eval ms/image"] = _ms(r["eval_ms_per_image"], 1)
         rec["training s"] = _ms(r["train_s"], 0)
         rec["AP vs baseline"] = "baseline" if r["verdict"] == "baseline" else f"{r['delta_AP']:+.3f}, {r['verdict']}"
         out.append(rec)
