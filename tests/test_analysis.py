@@ -122,3 +122,18 @@ def test_threshold_must_be_auto_or_a_score(bad):
     with pytest.raises(ParamsError, match="detection_threshold: expected a score in"):
         check_threshold(bad)
     assert check_threshold("auto") == "auto" and check_threshold(1) == 1.0
+
+
+@pytest.mark.parametrize("text, expected", [("0.4", 0.4), (".25", 0.25), ("1", 1.0), ("auto", "auto")])
+def test_threshold_parameter_from_the_command_line(text, expected):
+    from fpn_lab.runner.params import coerce
+
+    assert coerce("detection_threshold", text, "auto") == (expected, None)
+
+
+@pytest.mark.parametrize("text", ["1.2.3", "0..4", "abc"])
+def test_a_malformed_threshold_is_a_params_error(text):
+    from fpn_lab.runner.params import coerce
+
+    with pytest.raises(ParamsError, match="detection_threshold: expected a score in"):
+        coerce("detection_threshold", text, "auto")

@@ -33,7 +33,8 @@ from fpn_lab.runner.params import load_params_file, parse_set, validate_params
 from fpn_lab.threads import usable_cores
 
 COLUMNS = ["run", "status", "preset", "neck", "image_size", "epochs", "seed", "data_dir", "split", "AP", "AP50",
-           "AP_small", "AP_medium", "AP_large", "best_threshold", "train_s", "params", "inference_ms_per_image", "comparable", "failed_step", "error"]
+           "AP_small", "AP_medium", "AP_large", "best_threshold", "train_s", "params", "inference_ms_per_image",
+           "comparable", "failed_step", "error"]
 
 
 def parse_gates(items) -> dict[str, float]:

@@ -99,7 +99,7 @@ def coerce(name: str, value, default):
     if name == "detection_threshold":
         from fpn_lab.metrics.analysis import check_threshold
 
-        if isinstance(value, str) and re.fullmatch(r"\s*[0-9.]+(e-?[0-9]+)?\s*", value):  # --set detection_threshold=0.4
+        if isinstance(value, str) and re.fullmatch(r"\s*(\d+\.?\d*|\.\d+)(e-?\d+)?\s*", value):  # --set detection_threshold=0.4
             value = float(value)
         return check_threshold(value), None
     expected = type(default)
