@@ -37,13 +37,28 @@ def _plain(obj):
 def save_checkpoint(path: str | Path, model, class_map: ClassMap, *, image_size: int, pad_position: str = "top_left") -> Path:
     """Write ``model`` and its metadata to ``path`` atomically (a temp file, then rename).
 
+    Under torchrun only rank 0 writes and every process waits until the file is there (a
+    ``DistributedDataParallel`` wrapper is unwrapped: keys never carry its ``module.`` prefix).
+
     Raises:
         ModelError: the model predicts another number of classes than ``class_map`` holds.
     """
+    from torch.nn.parallel import DistributedDataParallel
+
+    from fpn_lab import distributed
     from fpn_lab.models.build import check_num_classes
 
+    if isinstance(model, DistributedDataParallel):
+        model = model.module
     check_num_classes(model, class_map, "save_checkpoint")
     path = Path(path)
+    if distributed.is_main():
+        _write_checkpoint(path, model, class_map, image_size, pad_position)
+    distributed.barrier()
+    return path
+
+
+def _write_checkpoint(path: Path, model, class_map: ClassMap, image_size: int, pad_position: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     ckpt = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "preset": model.preset.name, "class_names": list(class_map.names), "image_size": int(image_size),
@@ -53,7 +68,6 @@ def save_checkpoint(path: str | Path, model, class_map: ClassMap, *, image_size:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(ckpt, tmp)
     tmp.replace(path)
-    return path
 
 
 def load_checkpoint(path: str | Path, *, class_map: ClassMap | Sequence[str] | None = None):

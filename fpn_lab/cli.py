@@ -14,7 +14,7 @@ def _run(args) -> int:
 
     overrides = {**parse_set(args.set), **({"track": args.track} if args.track else {})}
     kwargs = {"overrides": overrides, "runs_dir": args.runs_dir, "kernel": args.kernel,
-              "timeout": args.timeout, "hide_input": args.hide_input, "run_dir": args.run_dir}
+              "timeout": args.timeout, "hide_input": args.hide_input, "run_dir": args.run_dir, "nproc": args.nproc}
     if args.notebook:
         kwargs["notebook"] = args.notebook
     elif args.params:  # compare_necks*.yaml: the neck comparison, as in a batch
@@ -78,6 +78,8 @@ def main(argv=None) -> int:
                      help="log the run to TensorBoard or MLflow (the notebook's track parameter)")
     run.add_argument("--min", action="append", metavar="KEY=VALUE",
                      help="regression gate on metrics.json, e.g. --min AP50=0.7: exit 1 when below")
+    run.add_argument("--nproc", type=int, default=1, metavar="N",
+                     help="train in N processes on this machine with torchrun (DDP; README 'Several processes')")
     run.set_defaults(func=_run)
     bat = sub.add_parser("batch", help="run several params files, then write a comparison page and CSV")
     bat.add_argument("params", nargs="+", help="params YAML files (one run each, named after the file)")

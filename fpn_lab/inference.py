@@ -43,14 +43,17 @@ def predict_batches(model, batches: Iterable[tuple[torch.Tensor, Sequence[Geomet
     return out
 
 
-def predict_dataset(model, dataset, batch_size: int = 8) -> list[dict]:
-    """Predictions for every record of a validation-transform ``dataset``, in original-image pixels
-    (one dict per record, same order; see :func:`predict_batches`)."""
+def predict_dataset(model, dataset, batch_size: int = 8, indices: Sequence[int] | None = None) -> list[dict]:
+    """Predictions for every record of a validation-transform ``dataset`` (or those at
+    ``indices``), in original-image pixels (one dict per record, same order; see
+    :func:`predict_batches`)."""
     from fpn_lab.data.dataloaders import collate
 
+    indices = list(range(len(dataset))) if indices is None else list(indices)
+
     def batches():
-        for start in range(0, len(dataset), batch_size):
-            images, targets = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        for start in range(0, len(indices), batch_size):
+            images, targets = collate([dataset[i] for i in indices[start:start + batch_size]])
             yield images, [t["geometry"] for t in targets]
 
     return predict_batches(model, batches())
@@ -113,18 +116,31 @@ def evaluation(model, dataset, class_map, batch_size: int = 8):
         pycocotools' evaluated ``COCOeval`` (``None`` when there was nothing to evaluate), which
         :func:`fpn_lab.metrics.analysis.analyse` reads.
 
+    Across processes (torchrun, :mod:`fpn_lab.distributed`) each process predicts every
+    ``world_size``-th image, the predictions are gathered by image into the records' order, rank 0
+    evaluates and broadcasts ``result``; ``detections`` are the same in every process, ``ev`` is
+    rank 0's (``None`` in the others).
+
     Raises:
         ModelError: the model predicts another number of classes than ``class_map`` holds.
     """
     from fpn_lab.metrics.coco import coco_evaluation
     from fpn_lab.models.build import check_num_classes
 
+    from fpn_lab import distributed
+
     check_num_classes(model, class_map, "evaluate")
-    preds = predict_dataset(model, dataset, batch_size)
+    ctx = distributed.context()
+    if ctx.distributed:
+        share = distributed.shard_indices(len(dataset), ctx.rank, ctx.world_size, empty_ok=True)
+        gathered = distributed.gather_by_key(dict(zip(share, predict_dataset(model, dataset, batch_size, share))))
+        preds = [gathered[i] for i in range(len(dataset))]
+    else:
+        preds = predict_dataset(model, dataset, batch_size)
     detections = [d for rec, p in zip(dataset.records, preds)
                   for d in detections_to_coco(rec.image_id, p["boxes"], p["scores"], p["labels"], class_map)]
-    result, ev = coco_evaluation(dataset.records, detections, class_map)
-    return result, detections, ev
+    result, ev = coco_evaluation(dataset.records, detections, class_map) if ctx.is_main else (None, None)
+    return distributed.broadcast(result), detections, ev
 
 
 ON_ERROR = ("raise", "skip")

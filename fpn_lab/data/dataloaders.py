@@ -87,13 +87,66 @@ class DetectionDataLoader(DataLoader):
     from that same generator, and in each worker process (``wif``) from torch's per-worker seed
     (itself drawn from torch's generator), so one seed gives the same augmented batches, epoch
     after epoch, whatever ran before (``show_samples``, ``lr_find``).
+
+    Across processes (:class:`~fpn_lab.distributed.trainer.DistributedTrainer` calls
+    :meth:`set_shard`) every process draws the same shuffled order from the same seed and keeps its
+    own share; the augmentation seed then differs per rank, so the shares are not augmented alike.
     """
+
+    _shard: tuple[int, int, bool] | None = None  # (rank, world size, pad)
+
+    def set_shard(self, rank: int | None, world: int | None = None, *, pad: bool = False) -> None:
+        """Iterate over rank ``rank``'s share of ``world`` (:func:`~fpn_lab.distributed.shard_indices`
+        of each epoch's order); ``rank=None``: the whole dataset again.
+
+        Every rank gets the same number of batches (DDP and the YOLOX / VFNet losses, which
+        average over processes, need that): with ``pad`` (validation) the order is padded to
+        ``ceil(n / world)`` images per rank; without, a dropping loader keeps
+        :func:`~fpn_lab.distributed.common_steps` full batches per rank (each rank drops its last
+        incomplete batch, as one process drops its own), a keeping one ``floor(n / world)`` images.
+
+        Raises:
+            ParamsError: fewer images than processes, or (dropping the last batch) fewer than one
+                full batch per process.
+        """
+        from fpn_lab.distributed import common_steps, shard_indices
+        from fpn_lab.errors import ParamsError
+
+        full = len(self.dataset)
+        if rank is None:
+            self._shard, self.n = None, full
+            return
+        shard_indices(full, rank, world, pad=pad)  # checks rank, world and that every rank gets an image
+        if pad:
+            size = -(-full // world)
+        elif self.drop_last:
+            size = common_steps(full, world, self.bs) * self.bs
+            if size == 0:
+                raise ParamsError(f"{full} training images shared by {world} processes leave fewer than batch_size "
+                                  f"{self.bs} per process, so no full batch; use fewer processes or a smaller "
+                                  f"batch_size (at most {full // world}).")
+        else:
+            size = full // world
+        self._shard, self.n = (rank, world, pad), size
+
+    def get_idxs(self):
+        if self._shard is None:
+            return super().get_idxs()
+        from fpn_lab.distributed import shard_indices
+
+        rank, world, pad = self._shard
+        order = list(range(len(self.dataset)))
+        if self.shuffle:
+            order = self.shuffle_fn(order)
+        return shard_indices(len(order), rank, world, order=order, pad=pad)[: self.n]
 
     def before_iter(self):
         super().before_iter()
         tfms = getattr(self.dataset, "tfms", None)
         if isinstance(tfms, Augment):
-            tfms.reseed(self.rng.getrandbits(32))
+            seed = self.rng.getrandbits(32)  # drawn alike in every rank: the shuffle orders stay in step
+            rank = self._shard[0] if self._shard else 0
+            tfms.reseed((seed + rank * 0x9E3779B1) % 2**32)
 
     def wif(self):
         from torch.utils.data import get_worker_info

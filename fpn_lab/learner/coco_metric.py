@@ -15,17 +15,21 @@ class COCOAccumulator:
     """Collects validation detections (mapped to original-image pixels) and evaluates them once.
 
     Ground truth is ``learn.dls.valid.dataset.records``. After a validation pass,
-    :attr:`detections` holds the COCO results list and :attr:`result` the full
-    :func:`~fpn_lab.metrics.coco.coco_evaluate` dict.
+    :attr:`detections` holds the COCO results list (in the records' order) and :attr:`result`
+    the full :func:`~fpn_lab.metrics.coco.coco_evaluate` dict. Across processes each one holds
+    its share's detections until :meth:`evaluate` gathers them by image (an image padded into two
+    shares counted once), evaluates on rank 0 and broadcasts the result
+    (:mod:`fpn_lab.distributed`), so the metric equals one process's.
     """
 
     def __init__(self):
+        self.by_image: dict = {}  # image_id -> its COCO results
         self.detections: list[dict] = []
         self.result: dict | None = None
         self.learn = None
 
     def reset(self):
-        self.detections, self.result = [], None
+        self.by_image, self.detections, self.result = {}, [], None
 
     def accumulate(self, learn):
         self.learn = learn
@@ -34,13 +38,18 @@ class COCOAccumulator:
             return
         for p, t in zip(preds, learn.yb[0]):
             boxes = t["geometry"].to_original(p["boxes"].cpu().numpy())
-            self.detections += detections_to_coco(t["image_id"], boxes, p["scores"].cpu().numpy(),
-                                                  p["labels"].cpu().numpy(), learn.class_map)
+            self.by_image[t["image_id"]] = detections_to_coco(t["image_id"], boxes, p["scores"].cpu().numpy(),
+                                                              p["labels"].cpu().numpy(), learn.class_map)
 
     def evaluate(self) -> dict:
+        from fpn_lab import distributed
+
         if self.result is None:
-            ds = self.learn.dls.valid.dataset
-            self.result = coco_evaluate(ds.records, self.detections, self.learn.class_map)
+            records = self.learn.dls.valid.dataset.records
+            by_image = distributed.gather_by_key(self.by_image) if distributed.initialized() else self.by_image
+            self.detections = [d for r in records for d in by_image.get(r.image_id, ())]
+            result = coco_evaluate(records, self.detections, self.learn.class_map) if distributed.is_main() else None
+            self.result = distributed.broadcast(result)
         return self.result
 
 

@@ -39,7 +39,8 @@ def backbone_neck_head_splitter(model) -> list:
 
 def make_learner(dls, model, class_map, *, opt: str = "adam", wd: float = 0.01, checkpoint=None, cbs=(),
                  coco: bool | tuple[str, ...] = True, metrics=(), path=None, ema: bool = False,
-                 ema_gamma: float | None = None, no_aug_epochs: int = 0, **kwargs) -> Learner:
+                 ema_gamma: float | None = None, no_aug_epochs: int = 0, find_unused_parameters: bool = False,
+                 sync_bn: bool = False, **kwargs) -> Learner:
     """A fastai ``Learner`` training ``model`` with COCO AP and AP50 as metric columns.
 
     Args:
@@ -64,13 +65,23 @@ def make_learner(dls, model, class_map, *, opt: str = "adam", wd: float = 0.01, 
             ``ema_gamma``: its warm-up in steps (default mmdet's 2000).
         no_aug_epochs: train the last this many epochs of each fit without augmentation and with
             YOLOX's L1 box loss (:class:`~fpn_lab.learner.mode_switch.LastEpochsSwitch`); 0: off.
+        find_unused_parameters, sync_bn: DDP settings, used only in a process group (torchrun):
+            the learner then gets :class:`~fpn_lab.distributed.trainer.DistributedTrainer`, and ranks
+            other than 0 keep fastai's files and the last good weights in a temporary folder
+            (only rank 0 writes to ``path``).
 
     The learner gets ``learn.class_map`` and ``learn.coco`` (the metric accumulator: last
     validation's detections and full COCO result).
     """
     check_num_classes(model, class_map, "make_learner")
+    from fpn_lab.distributed import context
+    from fpn_lab.distributed.trainer import DistributedTrainer
+
+    dist = context()
     if checkpoint is None and path is not None:
         checkpoint = Path(path) / "last_good.pth"
+    if not dist.is_main:  # rank 0 writes; the others' lr_find weights must not meet in one file
+        path, checkpoint = None, None
     check_batch_for_batchnorm(model, dls.train.bs, _input_size(dls.train.dataset))
     cbs = list(cbs)
     if opt == "recipe":
@@ -85,6 +96,11 @@ def make_learner(dls, model, class_map, *, opt: str = "adam", wd: float = 0.01, 
         cbs.append(WeightEMA(gamma=ema_gamma))
     if no_aug_epochs:
         cbs.append(LastEpochsSwitch(no_aug_epochs))
+    if dist.distributed:
+        cbs.append(DistributedTrainer(find_unused_parameters=find_unused_parameters, sync_bn=sync_bn))
+    elif find_unused_parameters or sync_bn:
+        warnings.warn("find_unused_parameters / sync_bn only apply across processes (torchrun); this learner trains in "
+                      "one process, so they do nothing.", stacklevel=2)
     coco_cols = (coco_metrics(tuple(coco)) if isinstance(coco, (tuple, list)) else coco_metrics()) if coco else []
     metrics = [*coco_cols, *metrics]
     learn = Learner(dls, model, loss_func=detection_loss, opt_func=opt_func, wd=wd, metrics=metrics,
@@ -132,8 +148,9 @@ def history(learn) -> list[dict]:
 
 
 def find_lr(learn: Learner, num_it: int = 30, show_plot: bool = True) -> float:
-    """fastai's ``lr_find`` for at most ``num_it`` iterations (weights restored); returns the
-    ``valley`` suggestion.
+    """fastai's ``lr_find`` for at most ``num_it`` iterations (weights and optimiser state
+    restored, in every process under torchrun); returns the ``valley`` suggestion (the same in
+    every process: the loss it reads is averaged over processes).
 
     Raises:
         ParamsError: ``num_it`` < 10 (fastai's valley heuristic needs at least ten points).
@@ -141,7 +158,10 @@ def find_lr(learn: Learner, num_it: int = 30, show_plot: bool = True) -> float:
     if not isinstance(num_it, int) or num_it < 10:
         raise ParamsError(f"lr_find needs at least 10 iterations for its suggestion; got {num_it!r}. "
                          "Set lr_find_iters >= 10, or lr_find_iters = 0 with a fixed lr to skip it.")
-    suggestion = float(learn.lr_find(num_it=num_it, show_plot=show_plot).valley)
+    from fpn_lab.distributed import fastai_sees_one_process
+
+    with fastai_sees_one_process():  # under torchrun every process restores its own weights (no-op otherwise)
+        suggestion = float(learn.lr_find(num_it=num_it, show_plot=show_plot).valley)
     tmp_dir = Path(learn.path) / learn.model_dir
     if tmp_dir.is_dir() and not any(tmp_dir.iterdir()):
         tmp_dir.rmdir()  # lr_find kept its weights there and restored them: leave no empty folder

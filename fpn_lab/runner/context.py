@@ -25,6 +25,9 @@
 * ``peak_rss_mb``: the notebook kernel's peak resident memory in MiB (``getrusage`` ``ru_maxrss``,
   a high-water mark) at the end of each phase and at ``total_notebook``; absent where the
   platform has no ``resource`` module (Windows).
+* ``processes``: ``world_size`` (1, or the processes under torchrun), ``backend`` (``gloo``,
+  ``nccl`` or null), ``batch_size_per_process``, ``effective_batch_size`` (images per optimiser
+  step) and ``lr_scaling`` (:mod:`fpn_lab.distributed`).
 * ``versions`` (python, torch, mmcv, mmdet, mmengine, fastai), ``git_commit``, ``finished_at``.
 """
 
@@ -43,6 +46,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+from fpn_lab import distributed
 
 SCHEMA_VERSION = 1
 
@@ -179,6 +184,7 @@ class Run:
         self._evaluation = None  # (records, detections, class_map, COCOeval) for analyse()
         self.analysis = None
         self.tracker = None  # fpn_lab.runner.tracking: set by start() from the track parameter
+        self.dist = distributed.DistContext()  # set by start(): rank and world size under torchrun
 
     @classmethod
     def start(cls, namespace: dict, notebook: str | Path = "notebooks/getting_started.ipynb") -> Run:
@@ -209,18 +215,42 @@ class Run:
         params = {k: namespace[k] for k in spec if k not in RUN_ONLY_PARAMS}
         params, _ = validate_params(params, path, spec)
         preset = get_preset(params["selection"])
+        dist = distributed.init(params.get("device", "cpu"))  # joins torchrun's process group, if any
         run_dir, run_name = namespace.get("run_dir"), params.get("run_name")
-        run = cls(params, run_dir=run_dir or (f"runs/{run_name}" if run_name else None), preset_name=preset.name)
-        run.preset = preset
+        run_dir = run_dir or (f"runs/{run_name}" if run_name else None)
+        if dist.distributed:  # one folder for all processes: rank 0's
+            run = cls(params, run_dir=run_dir, preset_name=preset.name) if dist.is_main else None
+            run_dir = distributed.broadcast(str(run.dir) if run else None)
+            run = run or cls(params, run_dir=run_dir, preset_name=preset.name)
+        else:
+            run = cls(params, run_dir=run_dir, preset_name=preset.name)
+        run.preset, run.dist = preset, dist
         set_seed(params["seed"])
         run.threads = configure_threads(params.get("num_threads", 0))
-        if params.get("track", "none") != "none":
+        if params.get("track", "none") != "none" and dist.is_main:
             from fpn_lab.runner.tracking import make_tracker
 
             run.tracker = make_tracker(params["track"], run)
+        where = (f"; process {dist.rank} of {dist.world_size} ({dist.backend}, {dist.device})"
+                 if dist.distributed else "")
         print(f"preset: {preset.name} ({preset.description}); seed {params['seed']}; {run.threads.count} torch threads "
-              f"({run.threads.reason}); run folder: {display_path(run.dir)}")
+              f"({run.threads.reason}){where}; run folder: {display_path(run.dir)}")
         return run
+
+    @property
+    def device(self) -> str:
+        """The device this process computes on: the ``device`` parameter, or ``cuda:<local rank>``
+        for ``cuda`` under torchrun (:func:`fpn_lab.distributed.init`)."""
+        return self.dist.device if self.dist.distributed else str(self.params.get("device", "cpu"))
+
+    def scaled_lr(self, lr: float) -> float:
+        """``lr`` (chosen for one process of ``batch_size`` images) for this run's processes, by the
+        ``lr_scaling`` parameter (:func:`fpn_lab.distributed.scaled_lr`): ``linear`` multiplies it by
+        the number of processes. Prints what it did when it changed anything."""
+        scaled = distributed.scaled_lr(lr, self.params.get("lr_scaling", "linear"), self.dist.world_size)
+        if scaled != lr:
+            print(f"lr {lr:.2e} for one process x {self.dist.world_size} processes (lr_scaling linear) = {scaled:.2e}")
+        return scaled
 
     @contextlib.contextmanager
     def phase(self, name: str):
@@ -249,7 +279,7 @@ class Run:
         (:class:`~fpn_lab.learner.progress.EpochLine`): ``make_learner(..., cbs=[run.progress_callback()])``."""
         from fpn_lab.learner.progress import EpochLine
 
-        return EpochLine(file=self.path("run.log"))
+        return EpochLine(file=self.path("run.log") if self.dist.is_main else None, console=self.dist.is_main)
 
     def callbacks(self) -> list:
         """The learner's run callbacks: :meth:`progress_callback` and a timer of each fit
@@ -269,9 +299,10 @@ class Run:
         from fpn_lab.metrics.coco import records_to_coco
 
         with self.phase("evaluation"):
-            result, detections, ev = evaluation(model, dataset, class_map)
-        write_json_atomic(self.path("predictions.json"), detections)
-        write_json_atomic(self.path("ground_truth.json"), records_to_coco(dataset.records, class_map))
+            result, detections, ev = evaluation(model, dataset, class_map)  # sharded under torchrun
+        if self.dist.is_main:
+            write_json_atomic(self.path("predictions.json"), detections)
+            write_json_atomic(self.path("ground_truth.json"), records_to_coco(dataset.records, class_map))
         self.result, self.evaluated_images = result, len(dataset)
         self._evaluation = (dataset.records, detections, class_map, ev)
         return result
@@ -296,8 +327,12 @@ class Run:
         if self._evaluation is None:
             raise TrainingError("Run.analyse: nothing evaluated yet; call run.evaluate(model, valid_ds, class_map) first.")
         records, detections, class_map, ev = self._evaluation
-        self.analysis = analyse(records, detections, class_map, self.result, ev, detection_threshold)
+        # under torchrun: rank 0 holds pycocotools' evaluation, analyses it and hands the others the result
+        self.analysis = distributed.broadcast(analyse(records, detections, class_map, self.result, ev,
+                                                      detection_threshold) if self.dist.is_main else None)
         for name, draw in (("confusion_matrix.png", plot_confusion_matrix), ("curves.png", plot_curves)):
+            if not self.dist.is_main:
+                break
             fig = draw(self.analysis)
             tmp = self.path(name + ".tmp.png")
             fig.savefig(tmp, dpi=90, bbox_inches="tight")
@@ -330,6 +365,9 @@ class Run:
             raise TrainingError("Run.finish: no evaluation was recorded; call run.evaluate(model, valid_ds, class_map) "
                                 "first, so metrics.json holds the metrics it reports.")
         sections = self._as_data(sections)
+        if not self.dist.is_main:  # rank 0 writes metrics.json; the others only leave the group
+            distributed.shutdown()
+            return self.path("metrics.json")
         self.timing["total_notebook"] = time.perf_counter() - self.started
         self._record_peak_rss("total_notebook")
         data = {"schema_version": SCHEMA_VERSION, "status": "ok", "params": self.params, **sections,
@@ -340,6 +378,7 @@ class Run:
         path = write_json_atomic(self.path("metrics.json"), data)
         if self.tracker is not None:  # after metrics.json, which it logs as an artefact
             self.tracker.finish(json.loads(path.read_text()), self.dir)
+        distributed.shutdown()
         return path
 
     def _as_data(self, sections: dict) -> dict:
@@ -347,6 +386,11 @@ class Run:
         if self.preset is not None:
             out.update(preset=self.preset.name, seed=self.params.get("seed"),
                        threads={"count": self.threads.count, "reason": self.threads.reason})
+            d = self.dist
+            out["processes"] = {"world_size": d.world_size, "backend": d.backend,
+                                "batch_size_per_process": self.params.get("batch_size"),
+                                "effective_batch_size": (self.params.get("batch_size") or 0) * d.world_size,
+                                "lr_scaling": self.params.get("lr_scaling", "linear")}
         if self.result is not None:
             out.update(metrics=self.result, inference_ms_per_image=round(
                 1000 * self.timing.get("evaluation", 0.0) / max(1, self.evaluated_images), 1))

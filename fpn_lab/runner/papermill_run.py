@@ -132,6 +132,7 @@ def add_summary_cell(notebook: Path, metrics: dict) -> None:
         lines.append(f"| commit | `{metrics['git_commit'][:12]}` |")
     cell = nbformat.v4.new_markdown_cell("\n".join(lines))
     cell.metadata["tags"] = ["fpn-lab-summary"]
+    nb.cells = [c for c in nb.cells if "fpn-lab-summary" not in c.get("metadata", {}).get("tags", [])]
     nb.cells.insert(0, cell)
     tmp = notebook.with_name(notebook.name + ".tmp")
     nbformat.write(nb, str(tmp))
@@ -160,7 +161,9 @@ def claim_run_dir(path: str | Path) -> Path:
     return run_dir
 
 
-def _failure(error: BaseException) -> dict:
+def _failure(error) -> dict:
+    if isinstance(error, dict):
+        return dict(error)
     info = {"ename": getattr(error, "ename", type(error).__name__), "evalue": getattr(error, "evalue", str(error))}
     if getattr(error, "cell_index", None) is not None:
         info["cell_index"] = error.cell_index
@@ -173,19 +176,24 @@ def _failure(error: BaseException) -> dict:
 def run_notebook(params_file: str | Path | None = None, *, overrides: dict | None = None,
                  notebook: str | Path = DEFAULT_NOTEBOOK, runs_dir: str | Path = "runs", kernel: str = KERNEL_NAME,
                  timeout: float | None = None, echo: bool = True, hide_input: bool = False,
-                 run_dir: str | Path | None = None) -> tuple[Path, bool]:
+                 run_dir: str | Path | None = None, nproc: int = 1) -> tuple[Path, bool]:
     """Execute ``notebook`` with the parameters of ``params_file`` (plus ``overrides``).
 
     The run goes into ``run_dir`` when given (or the ``run_dir`` parameter is set), a folder that
     must be new or empty (:func:`claim_run_dir`); otherwise into a new ``runs_dir/<run_name>``
     (default ``<timestamp>-<preset>``), never an existing folder.
 
+    ``nproc`` > 1 runs the notebook in that many processes under torchrun
+    (:func:`fpn_lab.runner.worker.launch`): the same cells in every process, one process group
+    (:mod:`fpn_lab.distributed`); rank 0 writes the run folder.
+
     Returns ``(run_dir, ok)``. Parameter, notebook and kernel problems raise
     :class:`~fpn_lab.errors.ParamsError` before anything runs; a failure inside the notebook
-    returns ``ok=False`` after writing the partial notebook, its HTML and a ``failed`` metrics.json.
+    returns ``ok=False`` after writing the partial notebook, its HTML and a ``failed`` metrics.json
+    (with the failing process's ``rank`` under torchrun).
     """
-    import papermill as pm
-
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise ParamsError(f"nproc must be a positive int (processes on this machine); got {nproc!r}.")
     notebook = project_path(notebook)
     if not notebook.is_file():
         raise ParamsError(f"notebook not found: {notebook}.")
@@ -204,7 +212,30 @@ def run_notebook(params_file: str | Path | None = None, *, overrides: dict | Non
     if "interactive" in spec:
         params["interactive"] = False  # no one clicks widgets in a headless run: `selection` decides
     out_nb = run_dir / notebook.name
-    handler = logging.FileHandler(run_dir / "run.log")
+    if echo:
+        print(f"[fpn-lab] running {notebook.name} -> {run_dir}" + (f" in {nproc} processes" if nproc > 1 else ""),
+              flush=True)
+    if nproc > 1:
+        from fpn_lab.runner.worker import launch
+
+        ok, error = launch(notebook, run_dir, params, nproc, kernel=kernel, timeout=timeout, echo=echo)
+    else:
+        ok, error = execute(notebook, out_nb, params, run_dir / "run.log", kernel=kernel, timeout=timeout, echo=echo)
+    ok = finish_run(run_dir, notebook, ok, error, {**{k: v["default"] for k, v in spec.items()}, **params},
+                    hide_input=hide_input, echo=echo)
+    return run_dir, ok
+
+
+def execute(notebook: Path, out_nb: Path, params: dict, log_file: Path, *, kernel: str = KERNEL_NAME,
+            timeout: float | None = None, echo: bool = True) -> tuple[bool, BaseException | None]:
+    """Run ``notebook`` with papermill into ``out_nb`` (saved after every cell), papermill's log in
+    ``log_file``; with ``echo``, the cells' output and one line per cell on the console.
+
+    Returns ``(ok, error)``: the exception (PapermillExecutionError, DeadKernelError, a timeout) when
+    a cell failed."""
+    import papermill as pm
+
+    handler = logging.FileHandler(log_file)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     pm_log = logging.getLogger("papermill")
     pm_log.addHandler(handler)
@@ -212,7 +243,6 @@ def run_notebook(params_file: str | Path | None = None, *, overrides: dict | Non
     progress = _Progress(notebook)
     if echo:
         pm_log.addHandler(progress)
-        print(f"[fpn-lab] running {notebook.name} -> {run_dir}", flush=True)
     ok, error = True, None
     try:
         pm.execute_notebook(str(notebook), str(out_nb), parameters=params, kernel_name=kernel, log_output=True,
@@ -225,14 +255,23 @@ def run_notebook(params_file: str | Path | None = None, *, overrides: dict | Non
         pm_log.removeHandler(handler)
         pm_log.removeHandler(progress)
         handler.close()
+    return ok, error
+
+
+def finish_run(run_dir: Path, notebook: Path, ok: bool, error, params: dict, *, hide_input: bool = False,
+               echo: bool = True) -> bool:
+    """After the notebook ran: check ``metrics.json``, put the summary cell on top of the executed
+    notebook, render its HTML, and on failure write ``metrics.json`` with ``status: failed`` and
+    the ``error`` (an exception, or a dict with ``ename``, ``evalue``, ``cell_index``, ``rank``).
+    Returns whether the run succeeded (rendering can still fail it)."""
     t = time.perf_counter()
+    out_nb = run_dir / notebook.name
     html = run_dir / (notebook.stem + ".html")
     metrics_path = run_dir / "metrics.json"
     if ok and not metrics_path.exists():
         ok, error = False, RuntimeError("the notebook finished without writing metrics.json")
-    all_params = {**{k: v["default"] for k, v in spec.items()}, **params}
     data = json.loads(metrics_path.read_text()) if ok else {
-        "schema_version": 1, "status": "failed", "params": all_params, "error": _failure(error)}
+        "schema_version": 1, "status": "failed", "params": params, "error": _failure(error)}
     if out_nb.exists():
         try:
             if isinstance(data.get("error", {}).get("cell_index"), int):
@@ -246,7 +285,9 @@ def run_notebook(params_file: str | Path | None = None, *, overrides: dict | Non
         data.setdefault("timing_s", {})["rendering"] = round(time.perf_counter() - t, 2)
     write_json_atomic(metrics_path, data)
     if echo:
-        status = "finished" if ok else f"FAILED ({_failure(error)['ename']}: {str(_failure(error)['evalue'])[:300]})"
+        e = data.get("error") or {}
+        where = f"process {e['rank']}: " if "rank" in e else ""
+        status = "finished" if ok else f"FAILED ({where}{e.get('ename')}: {str(e.get('evalue'))[:300]})"
         print(f"[fpn-lab] {status}\n  notebook: {out_nb}\n  html:     {html}\n  metrics:  {metrics_path}\n"
               f"  log:      {run_dir / 'run.log'}", flush=True)
-    return run_dir, ok
+    return ok

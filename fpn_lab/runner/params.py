@@ -220,6 +220,14 @@ def _check_values(params: dict) -> None:
         from fpn_lab.runner.tracking import check_track
 
         check_track(params["track"])
+    from fpn_lab.distributed import LR_SCALING
+
+    if "lr_scaling" in params and params["lr_scaling"] not in LR_SCALING:
+        raise ParamsError(f"lr_scaling: {params['lr_scaling']!r} is not one of {list(LR_SCALING)} (linear: lr x the number "
+                          "of processes under torchrun; none: lr as given).")
+    if params.get("sync_bn") and params.get("device", "cpu") == "cpu":
+        raise ParamsError("sync_bn: true needs device: cuda (torch's SyncBatchNorm has no CPU implementation); on the "
+                          "CPU each process keeps its own BatchNorm statistics. Set sync_bn: false.")
     name = params.get("run_name")
     if name and (Path(name).name != name or name in (".", "..")):
         raise ParamsError(f"run_name: {name!r} must be a plain folder name (no '/' or '..'); runs go under runs/.")
