@@ -51,7 +51,8 @@ def train(out: Path) -> None:
     model = build_model("yolox_tiny_pafpn_300e", num_classes=len(parser.class_map))
     before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
     seen = SeenImages()
-    learn = make_learner(dls, model, parser.class_map, cbs=[seen], path=out.parent / "learner")
+    # EMA and the last-epochs switch read the model: they must see the plain module under DDP too
+    learn = make_learner(dls, model, parser.class_map, cbs=[seen], path=out.parent / "learner", ema=True, no_aug_epochs=1)
     with learn.no_bar(), learn.no_logging():
         learn.fit(2, 1e-3)
     after = torch.cat([p.detach().flatten() for p in model.parameters()])

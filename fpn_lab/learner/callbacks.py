@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from fastai.callback.core import Callback
+from fastai.torch_core import get_model  # the module inside a DistributedDataParallel wrapper (torchrun)
 from fastai.learner import AvgLoss
 
 from fpn_lab.errors import TrainingError
@@ -90,8 +91,8 @@ class NonFiniteLossGuard(Callback):
     def after_epoch(self):
         # lr_find's epochs end with deliberately diverged weights: never keep those as "good".
         if self.checkpoint is not None and not hasattr(self.learn, "lr_finder") and all(
-                torch.isfinite(p).all() for p in self.learn.model.parameters()):
+                torch.isfinite(p).all() for p in get_model(self.learn.model).parameters()):
             self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.checkpoint.with_suffix(".tmp")
-            torch.save(self.learn.model.state_dict(), tmp)
+            torch.save(get_model(self.learn.model).state_dict(), tmp)
             tmp.replace(self.checkpoint)

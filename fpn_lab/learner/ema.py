@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastai.callback.core import Callback
+from fastai.torch_core import get_model  # the module inside a DistributedDataParallel wrapper (torchrun)
 
 
 class WeightEMA(Callback):
@@ -37,14 +38,14 @@ class WeightEMA(Callback):
         if self.ema is None:
             from fpn_lab.mmdet_adapter.ema import build_ema
 
-            self.ema = build_ema(self.learn.model, momentum=self.momentum, gamma=self.gamma)
+            self.ema = build_ema(get_model(self.learn.model), momentum=self.momentum, gamma=self.gamma)
         elif self.holds_average:  # a previous fit ended on the average: train on the training weights again
             self._swap()
             self.holds_average = False
 
     def after_step(self):
         if self.ema is not None and not self._lr_find():
-            self.ema.update_parameters(self.learn.model.detector)
+            self.ema.update_parameters(get_model(self.learn.model).detector)
 
     def before_validate(self):
         if self.ema is not None and not self._lr_find():
@@ -62,7 +63,8 @@ class WeightEMA(Callback):
             self.holds_average = True
 
     def _pairs(self):
-        own, avg = self.learn.model.detector.state_dict(keep_vars=True), self.ema.module.state_dict(keep_vars=True)
+        own = get_model(self.learn.model).detector.state_dict(keep_vars=True)
+        avg = self.ema.module.state_dict(keep_vars=True)
         return [(own[k], avg[k]) for k in own]
 
     def _swap(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastai.callback.core import Callback
+from fastai.torch_core import get_model  # the module inside a DistributedDataParallel wrapper (torchrun)
 
 from fpn_lab.errors import ParamsError
 
@@ -61,7 +62,7 @@ class LastEpochsSwitch(Callback):
         if self.epoch < self.n_epoch - self.num_epochs:
             return
         ds = self.learn.dls.train.dataset
-        head = self.learn.model.detector.bbox_head
+        head = get_model(self.learn.model).detector.bbox_head
         self._saved = (ds, ds.tfms, getattr(head, "use_l1", None))
         ds.tfms = ds.tfms.letterbox
         if self.l1 and hasattr(head, "use_l1"):
@@ -75,5 +76,5 @@ class LastEpochsSwitch(Callback):
             ds, tfms, use_l1 = self._saved
             ds.tfms = tfms
             if use_l1 is not None:
-                self.learn.model.detector.bbox_head.use_l1 = use_l1
+                get_model(self.learn.model).detector.bbox_head.use_l1 = use_l1
             self._saved = None
