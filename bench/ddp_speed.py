@@ -40,12 +40,17 @@ def run(nproc: int, epochs: int, seed: int) -> dict:
     wall = time.perf_counter() - t
     if proc.returncode != 0:
         raise SystemExit(f"nproc {nproc} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return collect(nproc, run_dir, wall)
+
+
+def collect(nproc: int, run_dir: Path, wall: float | None = None) -> dict:
+    """The figures of one finished run folder."""
     m = json.loads((run_dir / "metrics.json").read_text())
-    seconds = [float(g[2]) for g in (EPOCH_LINE.search(line) for line in (run_dir / "run.log").read_text().splitlines())
+    seconds = [float(g[3]) for g in (EPOCH_LINE.search(line) for line in (run_dir / "run.log").read_text().splitlines())
                if g]
     return {"nproc": nproc, "threads_per_process": m["threads"]["count"], "epoch_s": seconds,
             "median_epoch_s": statistics.median(seconds[1:] or seconds), "training_s": m["timing_s"]["training"],
-            "notebook_s": m["timing_s"]["total_notebook"], "wall_s": round(wall, 1), "AP": m["metrics"]["AP"],
+            "notebook_s": m["timing_s"]["total_notebook"], "wall_s": round(wall, 1) if wall else None, "AP": m["metrics"]["AP"],
             "AP50": m["metrics"]["AP50"], "lr": m.get("lr"), "effective_batch_size": m["processes"]["effective_batch_size"],
             "evaluation_s": m["timing_s"].get("evaluation")}
 
@@ -55,8 +60,10 @@ def main(argv=None) -> int:
     ap.add_argument("--nproc", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--collect", action="store_true", help="only read the kept runs/ddp_speed/nproc<N>/ folders again")
     args = ap.parse_args(argv)
-    rows = [run(n, args.epochs, args.seed) for n in args.nproc]
+    rows = [collect(n, ROOT / "runs" / "ddp_speed" / f"nproc{n}") if args.collect else run(n, args.epochs, args.seed)
+            for n in args.nproc]
     lines = [f"# bench/ddp_speed.py {datetime.now().isoformat(timespec='seconds')}: demo recipe, {args.epochs} epochs, "
              f"seed {args.seed}, {len(rows)} runs one after another, nothing else running",
              "nproc threads/proc  epoch s (each)            median later  training s  evaluation s  notebook s  "
