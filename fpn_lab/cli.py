@@ -51,6 +51,18 @@ def _batch(args) -> int:
     return code
 
 
+def _export(args) -> int:
+    from pathlib import Path
+
+    from fpn_lab.export import export_file
+
+    out, check = export_file(Path(args.source), output=Path(args.output) if args.output else None, opset=args.opset,
+                             dynamic_batch=args.dynamic_batch)
+    print(f"[fpn-lab] exported {out} ({out.stat().st_size / 1e6:.1f} MB); onnxruntime against PyTorch on a test input: "
+          f"largest difference {check:.2e}")
+    return 0
+
+
 def _params(args) -> int:
     from fpn_lab.runner.context import project_path
     from fpn_lab.runner.params import notebook_parameters
@@ -92,6 +104,13 @@ def main(argv=None) -> int:
     bat.add_argument("--timeout", type=float, default=None, help="per-run timeout in seconds")
     bat.add_argument("--track", choices=["none", "tensorboard", "mlflow"], help="log every run to TensorBoard or MLflow")
     bat.set_defaults(func=_batch)
+    exp = sub.add_parser("export", help="export a trained model (run folder or checkpoint) to ONNX")
+    exp.add_argument("source", help="a run folder (its model.pth) or an fpn_lab checkpoint")
+    exp.add_argument("--format", choices=["onnx"], default="onnx", help="the only format: ONNX (onnxruntime)")
+    exp.add_argument("--opset", type=int, default=19, help="ONNX opset (>= 19, the first with DeformConv)")
+    exp.add_argument("--dynamic-batch", action="store_true", help="let the batch size vary (default: 1 image per run)")
+    exp.add_argument("--output", help="the .onnx file (default: model.onnx beside the checkpoint)")
+    exp.set_defaults(func=_export)
     par = sub.add_parser("params", help="list a notebook's parameters with types and defaults")
     par.add_argument("notebook", nargs="?", default="notebooks/getting_started.ipynb")
     par.set_defaults(func=_params)

@@ -21,15 +21,18 @@ log = logging.getLogger("fpn_lab.inference")
 @torch.no_grad()
 def predict_batches(model, batches: Iterable[tuple[torch.Tensor, Sequence[Geometry]]]) -> list[dict]:
     """Predict ``(uint8[B, 3, S, S] images, geometries)`` batches in eval mode (the model's mode is
-    restored afterwards).
+    restored afterwards); ``model`` is an :class:`~fpn_lab.mmdet_adapter.wrapper.MMDetModel` or an
+    :class:`~fpn_lab.export.OnnxDetector`.
 
     Returns one dict per image: ``boxes`` ``float32[M, 4]`` xyxy in the original image's pixels
     (the exact inverse of each image's letterbox), ``scores`` ``float32[M]``, ``labels``
     ``int64[M]``, sorted by score. Thresholds are the preset's test config (``score_thr``).
     """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
+    module = isinstance(model, torch.nn.Module)  # else an fpn_lab.export.OnnxDetector (onnxruntime, CPU)
+    was_training = model.training if module else False
+    if module:
+        model.eval()
+    device = next(model.parameters()).device if module else torch.device("cpu")
     out = []
     try:
         for images, geometries in batches:
@@ -39,7 +42,8 @@ def predict_batches(model, batches: Iterable[tuple[torch.Tensor, Sequence[Geomet
                             "scores": pred["scores"][order].cpu().numpy(),
                             "labels": pred["labels"][order].cpu().numpy()})
     finally:
-        model.train(was_training)
+        if module:
+            model.train(was_training)
     return out
 
 

@@ -227,15 +227,37 @@ class MMDetModel(nn.Module):
 
     def predict(self, images: torch.Tensor, geometries) -> list[dict]:
         """Detections per image in network-input pixels (no rescale; map back with ``Geometry.to_original``)."""
+        inputs, samples = self.predict_inputs(images, geometries)
+        return self.decode(self.head_outputs(inputs), samples)
+
+    def predict_inputs(self, images: torch.Tensor, geometries):
+        """``(inputs, samples)`` for prediction: ``images`` (``uint8[B, 3, S, S]``, letterboxed)
+        through the detector's own preprocessor (:meth:`preprocess`), and the mmdet data samples
+        carrying each image's shapes, which :meth:`decode` reads."""
         targets = [{"geometry": g, "boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}
                    for g in geometries]
-        inputs, samples = self.preprocess(images, targets, training=False)
-        return self._predict_features(self.detector.extract_feat(inputs), samples)
+        return self.preprocess(images, targets, training=False)
+
+    def head_outputs(self, inputs: torch.Tensor) -> tuple:
+        """The network's raw outputs for preprocessed ``inputs`` (``float32[B, 3, S, S]``): backbone,
+        neck and head, before any decoding (mmdet's ``tensor`` mode). A tuple of groups, one per
+        argument of the head's ``predict_by_feat`` (YOLOX: class scores, boxes, objectness;
+        RetinaNet and VFNet: class scores, boxes), each a list with one ``float32[B, C, H, W]`` map
+        per level. This is the part :func:`fpn_lab.export.export_onnx` exports."""
+        return tuple(self.detector.bbox_head(self.detector.extract_feat(inputs)))
+
+    def decode(self, outputs: tuple, samples) -> list[dict]:
+        """Detections from :meth:`head_outputs` (computed here or by onnxruntime): the head's own
+        ``predict_by_feat`` (box decoding, score threshold, NMS of the preset's ``test_cfg``), in
+        network-input pixels: one dict per image of ``boxes`` ``float32[M, 4]`` xyxy, ``scores``
+        ``float32[M]``, ``labels`` ``int64[M]``. The one post-processing path of every prediction."""
+        # what mmdet's BaseDenseHead.predict does after its forward, without the rescale
+        results = self.detector.bbox_head.predict_by_feat(*outputs, batch_img_metas=[s.metainfo for s in samples],
+                                                          rescale=False)
+        return [{"boxes": r.bboxes.float(), "scores": r.scores.float(), "labels": r.labels.long()} for r in results]
 
     def _predict_features(self, features, samples) -> list[dict]:
-        # what mmdet's SingleStageDetector.predict does after extract_feat, without its rescale
-        results = self.detector.bbox_head.predict(features, samples, rescale=False)
-        return [{"boxes": r.bboxes.float(), "scores": r.scores.float(), "labels": r.labels.long()} for r in results]
+        return self.decode(tuple(self.detector.bbox_head(features)), samples)
 
     def forward(self, images: torch.Tensor, targets):
         if targets is None or len(targets) != len(images):
