@@ -24,7 +24,11 @@ stamp_key() {
 }
 
 STAMP=$VENV/.fpn_lab_setup_done
-if [[ -f $STAMP && "$(cat "$STAMP")" == "$(stamp_key)" ]]; then
+# FPN_LAB_SETUP_PLAN=1: print what the set-up finds and would build (Python, torch, GPU, mmcv ops, cache) and
+# stop before installing anything; FPN_LAB_ASSUME_GPU=<major.minor> stands in for a GPU of that compute
+# capability (tests/test_device.py checks the GPU branch on a machine without one).
+PLAN_ONLY=${FPN_LAB_SETUP_PLAN:-0}
+if [[ $PLAN_ONLY != 1 && -f $STAMP && "$(cat "$STAMP")" == "$(stamp_key)" ]]; then
   exit 0
 fi
 
@@ -44,19 +48,43 @@ PIP=("$VPY" -m pip install --disable-pip-version-check --progress-bar off)
 # pip warns once per package about index folders this machine's pip.conf names but lacks; hide that noise.
 quiet_pip() { "${PIP[@]}" "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 
-log "build tools"
-quiet_pip -q --upgrade "pip>=24" "setuptools>=77.0.3,<81" wheel ninja
-
-log "torch $TORCH_VERSION, torchvision $TORCHVISION_VERSION"
-quiet_pip -q "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
+if [[ $PLAN_ONLY != 1 ]]; then
+  log "build tools"
+  quiet_pip -q --upgrade "pip>=24" "setuptools>=77.0.3,<81" wheel ninja
+  log "torch $TORCH_VERSION, torchvision $TORCHVISION_VERSION"
+  quiet_pip -q "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
+fi
+FOUND_TORCH=$("$VPY" -c 'import torch; print(torch.__version__, f"(CUDA {torch.version.cuda})" if torch.version.cuda else "(CPU only)")' 2>/dev/null || echo "none")
+log "found: $("$VPY" -c 'import sys; print("Python", sys.version.split()[0])'), torch $FOUND_TORCH (needs $TORCH_VERSION)"
 
 # ---- mmcv: cached wheel or a build from the sdist -------------------------------------------
 PYTAG=$("$VPY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
 PLAT=$("$VPY" -c 'import sysconfig; print(sysconfig.get_platform().replace("-", "_"))')
-HAS_GPU=$("$VPY" -c 'import torch; print(int(torch.cuda.is_available()))')
+if [[ -n ${FPN_LAB_ASSUME_GPU:-} ]]; then
+  HAS_GPU=1 GPU_ARCH=$FPN_LAB_ASSUME_GPU GPU_NAME="(assumed by FPN_LAB_ASSUME_GPU)"
+else
+  HAS_GPU=$("$VPY" -c 'import torch; print(int(torch.cuda.is_available()))')
+  GPU_ARCH=$("$VPY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability(0))' 2>/dev/null || true)
+  GPU_NAME=$("$VPY" -c 'import torch; print(torch.cuda.get_device_name(0))' 2>/dev/null || true)
+fi
 OPS=cpu
-if [[ $HAS_GPU == 1 ]] && command -v nvcc >/dev/null 2>&1; then OPS=cuda; fi
+if [[ $HAS_GPU == 1 ]]; then
+  if command -v nvcc >/dev/null 2>&1; then
+    OPS=cuda-sm${GPU_ARCH/./}
+    # compile the CUDA kernels for this GPU only (all of torch's architectures would take hours on few cores)
+    export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$GPU_ARCH}
+    log "GPU: $GPU_NAME, compute capability $GPU_ARCH, nvcc $(nvcc --version | grep -o 'release [0-9.]*'): mmcv with CUDA ops for TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST"
+  else
+    log "GPU: $GPU_NAME, but no nvcc on PATH: mmcv gets CPU ops only (its CUDA ops, e.g. VFNet's deformable convolution, then run on the CPU); install the CUDA toolkit matching torch's CUDA $FOUND_TORCH for CUDA ops"
+  fi
+else
+  log "no GPU seen by torch: mmcv with CPU ops"
+fi
 CACHE=${FPN_LAB_WHEEL_CACHE:-$HOME/.cache/fpn_lab/wheels}/mmcv-$MMCV_VERSION-$PYTAG-torch$TORCH_VERSION-$PLAT-$OPS
+if [[ $PLAN_ONLY == 1 ]]; then
+  echo "plan: ops=$OPS arch=${TORCH_CUDA_ARCH_LIST:-none} jobs=${MAX_JOBS:-$(nproc)} cache=$CACHE"
+  exit 0
+fi
 mkdir -p "$CACHE"
 WHEEL=$(ls "$CACHE"/mmcv-"$MMCV_VERSION"-*.whl 2>/dev/null | head -n1 || true)
 if [[ -z $WHEEL ]]; then
@@ -73,7 +101,7 @@ if [[ -z $WHEEL ]]; then
     # torch 2.14's headers need C++20; mmcv 2.1.0's setup.py asks for C++17.
     sed -i 's/-std=c++17/-std=c++20/g' "$src/setup.py" || return 1
     local force=()
-    [[ $OPS == cuda ]] && force=(FORCE_CUDA=1)
+    [[ $OPS == cuda* ]] && force=(FORCE_CUDA=1)
     (cd "$src" && env MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" "${force[@]}" \
         "$VPY" -m pip wheel --no-build-isolation --no-deps -w "$BUILD/dist" .) || return 1
     # Debug info makes the wheel 32 MB; stripped it is ~1.4 MB.

@@ -40,7 +40,7 @@ def backbone_neck_head_splitter(model) -> list:
 def make_learner(dls, model, class_map, *, opt: str = "adam", wd: float = 0.01, checkpoint=None, cbs=(),
                  coco: bool | tuple[str, ...] = True, metrics=(), path=None, ema: bool = False,
                  ema_gamma: float | None = None, no_aug_epochs: int = 0, find_unused_parameters: bool = False,
-                 sync_bn: bool = False, **kwargs) -> Learner:
+                 sync_bn: bool = False, amp: bool = False, **kwargs) -> Learner:
     """A fastai ``Learner`` training ``model`` with COCO AP and AP50 as metric columns.
 
     Args:
@@ -65,6 +65,8 @@ def make_learner(dls, model, class_map, *, opt: str = "adam", wd: float = 0.01, 
             ``ema_gamma``: its warm-up in steps (default mmdet's 2000).
         no_aug_epochs: train the last this many epochs of each fit without augmentation and with
             YOLOX's L1 box loss (:class:`~fpn_lab.learner.mode_switch.LastEpochsSwitch`); 0: off.
+        amp: mixed precision (fastai's ``MixedPrecision``: float16 autocast and a gradient scaler);
+            CUDA only (:func:`fpn_lab.device.check_amp`).
         find_unused_parameters, sync_bn: DDP settings, used only in a process group (torchrun):
             the learner then gets :class:`~fpn_lab.distributed.trainer.DistributedTrainer`, and ranks
             other than 0 keep fastai's files and the last good weights in a temporary folder
@@ -96,6 +98,13 @@ def make_learner(dls, model, class_map, *, opt: str = "adam", wd: float = 0.01, 
         cbs.append(WeightEMA(gamma=ema_gamma))
     if no_aug_epochs:
         cbs.append(LastEpochsSwitch(no_aug_epochs))
+    if amp:
+        from fastai.callback.fp16 import MixedPrecision
+
+        from fpn_lab.device import check_amp
+
+        check_amp(amp, str(next(model.parameters()).device))
+        cbs.append(MixedPrecision())
     if dist.distributed:
         cbs.append(DistributedTrainer(find_unused_parameters=find_unused_parameters, sync_bn=sync_bn))
     elif find_unused_parameters or sync_bn:

@@ -185,6 +185,7 @@ class Run:
         self.analysis = None
         self.tracker = None  # fpn_lab.runner.tracking: set by start() from the track parameter
         self.dist = distributed.DistContext()  # set by start(): rank and world size under torchrun
+        self._device = str(params.get("device", "cpu"))  # resolved by start()
 
     @classmethod
     def start(cls, namespace: dict, notebook: str | Path = "notebooks/getting_started.ipynb") -> Run:
@@ -215,7 +216,11 @@ class Run:
         params = {k: namespace[k] for k in spec if k not in RUN_ONLY_PARAMS}
         params, _ = validate_params(params, path, spec)
         preset = get_preset(params["selection"])
-        dist = distributed.init(params.get("device", "cpu"))  # joins torchrun's process group, if any
+        from fpn_lab.device import check_amp, resolve_device
+
+        device = resolve_device(params.get("device", "cpu"))  # "auto": the GPU when torch sees one
+        check_amp(params.get("amp", False), device)
+        dist = distributed.init(device)  # joins torchrun's process group, if any
         run_dir, run_name = namespace.get("run_dir"), params.get("run_name")
         run_dir = run_dir or (f"runs/{run_name}" if run_name else None)
         if dist.distributed:  # one folder for all processes: rank 0's
@@ -224,7 +229,7 @@ class Run:
             run = run or cls(params, run_dir=run_dir, preset_name=preset.name)
         else:
             run = cls(params, run_dir=run_dir, preset_name=preset.name)
-        run.preset, run.dist = preset, dist
+        run.preset, run.dist, run._device = preset, dist, device
         set_seed(params["seed"])
         run.threads = configure_threads(params.get("num_threads", 0))
         if params.get("track", "none") != "none" and dist.is_main:
@@ -239,9 +244,10 @@ class Run:
 
     @property
     def device(self) -> str:
-        """The device this process computes on: the ``device`` parameter, or ``cuda:<local rank>``
-        for ``cuda`` under torchrun (:func:`fpn_lab.distributed.init`)."""
-        return self.dist.device if self.dist.distributed else str(self.params.get("device", "cpu"))
+        """The device this process computes on: the ``device`` parameter resolved
+        (:func:`fpn_lab.device.resolve_device`: ``auto`` is ``cuda`` where torch sees a GPU), or
+        ``cuda:<local rank>`` for ``cuda`` under torchrun (:func:`fpn_lab.distributed.init`)."""
+        return self.dist.device if self.dist.distributed else self._device
 
     def scaled_lr(self, lr: float) -> float:
         """``lr`` (chosen for one process of ``batch_size`` images) for this run's processes, by the

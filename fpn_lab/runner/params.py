@@ -220,7 +220,13 @@ def _check_values(params: dict) -> None:
         from fpn_lab.runner.tracking import check_track
 
         check_track(params["track"])
+    from fpn_lab.device import check_amp, check_device
     from fpn_lab.distributed import LR_SCALING
+
+    if "device" in params:
+        check_device(params["device"])
+        if params["device"] == "cpu":
+            check_amp(params.get("amp", False), "cpu")
 
     if "lr_scaling" in params and params["lr_scaling"] not in LR_SCALING:
         raise ParamsError(f"lr_scaling: {params['lr_scaling']!r} is not one of {list(LR_SCALING)} (linear: lr x the number "
