@@ -120,7 +120,7 @@ def export_onnx(model, image_size: int, path: str | Path, *, class_names: Sequen
         with torch.no_grad():
             inputs, _ = model.predict_inputs(images, geometries)
         inputs = inputs.contiguous()
-        network = _Network(model)
+        network = _Network(model).eval()
         dynamic = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
         tmp = path.with_name(path.name + ".tmp.onnx")
         with exportable(model.detector), torch.no_grad():
