@@ -101,3 +101,8 @@ def test_setup_without_gpu_plans_cpu_ops():
     out = _plan()
     assert "no GPU seen by torch: mmcv with CPU ops" in out
     assert "ops=cpu arch=none" in out and out.rstrip().endswith("-cpu")
+
+
+def test_gpu_check_script_parses():
+    proc = subprocess.run(["bash", "-n", "bench/gpu_check.sh"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -25,6 +25,8 @@
 * ``peak_rss_mb``: the notebook kernel's peak resident memory in MiB (``getrusage`` ``ru_maxrss``,
   a high-water mark) at the end of each phase and at ``total_notebook``; absent where the
   platform has no ``resource`` module (Windows).
+* ``peak_gpu_mb``: on CUDA, the largest GPU memory torch allocated in this process, in MiB
+  (``torch.cuda.max_memory_allocated``).
 * ``processes``: ``world_size`` (1, or the processes under torchrun), ``backend`` (``gloo``,
   ``nccl`` or null), ``batch_size_per_process``, ``effective_batch_size`` (images per optimiser
   step) and ``lr_scaling`` (:mod:`fpn_lab.distributed`).
@@ -397,6 +399,10 @@ class Run:
                                 "batch_size_per_process": self.params.get("batch_size"),
                                 "effective_batch_size": (self.params.get("batch_size") or 0) * d.world_size,
                                 "lr_scaling": self.params.get("lr_scaling", "linear")}
+        if self._device.startswith("cuda"):
+            import torch
+
+            out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
         if self.result is not None:
             out.update(metrics=self.result, inference_ms_per_image=round(
                 1000 * self.timing.get("evaluation", 0.0) / max(1, self.evaluated_images), 1))
