@@ -262,3 +262,14 @@ def test_fpn_lab_run_nproc_failure_names_the_rank(tmp_path):
     assert "fewer than batch_size 2 per process" in m["error"]["evalue"]
     assert f"process {m['error']['rank']}: ParamsError" in proc.stdout
     assert (run_dir / "getting_started.ipynb").exists() and (run_dir / "getting_started.html").exists()
+
+
+def test_fpn_lab_run_refuses_more_processes_than_cores(tmp_path):
+    from fpn_lab.threads import usable_cores
+
+    run_dir = tmp_path / "run"
+    proc = _cli("run", "params/smoke.yaml", "--nproc", str(usable_cores() + 1), "--run-dir", str(run_dir),
+                "--set", "device=cpu")
+    assert proc.returncode == 2
+    assert f"this machine has {usable_cores()} usable CPU core(s)" in proc.stderr
+    assert not run_dir.exists()  # refused before anything was made

@@ -202,6 +202,8 @@ def run_notebook(params_file: str | Path | None = None, *, overrides: dict | Non
     spec = notebook_parameters(notebook)
     params, notes = validate_params(params, notebook, spec=spec)
     check_kernel(kernel)
+    if nproc > 1:
+        check_nproc(nproc, params.get("device", spec.get("device", {}).get("default", "cpu")))
     for note in notes:
         log.warning(note)
     selection = params.get("selection", spec.get("selection", {}).get("default"))
@@ -224,6 +226,29 @@ def run_notebook(params_file: str | Path | None = None, *, overrides: dict | Non
     ok = finish_run(run_dir, notebook, ok, error, {**{k: v["default"] for k, v in spec.items()}, **params},
                     hide_input=hide_input, echo=echo)
     return run_dir, ok
+
+
+def check_nproc(nproc: int, device: str) -> None:
+    """Refuse more processes than this machine can run side by side: one per usable core on the CPU
+    (:func:`~fpn_lab.threads.usable_cores`; more would only wait for each other, and each holds a
+    kernel with torch and mmdet, about 1 GB), one per GPU on CUDA.
+
+    Raises:
+        ParamsError: naming what there is.
+    """
+    from fpn_lab.device import resolve_device
+    from fpn_lab.threads import usable_cores
+
+    resolved = resolve_device(device)
+    if resolved.startswith("cuda"):
+        import torch
+
+        have, what = torch.cuda.device_count(), "GPU(s)"
+    else:
+        have, what = usable_cores(), "usable CPU core(s)"
+    if nproc > have:
+        raise ParamsError(f"--nproc {nproc}: this machine has {have} {what} (device {resolved}), and each process needs "
+                          f"one of its own; use --nproc {have} or fewer (several machines: README 'Several processes').")
 
 
 def execute(notebook: Path, out_nb: Path, params: dict, log_file: Path, *, kernel: str = KERNEL_NAME,
