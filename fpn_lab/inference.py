@@ -192,7 +192,7 @@ def predict_images(model, images: Sequence[np.ndarray | str | Path], *, image_si
                 except DataError as e:
                     errors[i] = str(e)
             if errors and on_error == "raise":
-                raise DataError(f"predict_images: {' | '.join(errors.values())}. Pass on_error='skip' to predict the "
+                raise DataError(f"predict_images: {' | '.join(e.rstrip('.') for e in errors.values())}. Pass on_error='skip' to predict the "
                                 "other images and get an empty prediction with an 'error' key for each bad one.")
             for i, message in errors.items():
                 log.warning("predict_images skipped %s", message)

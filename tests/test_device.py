@@ -106,3 +106,21 @@ def test_setup_without_gpu_plans_cpu_ops():
 def test_gpu_check_script_parses():
     proc = subprocess.run(["bash", "-n", "bench/gpu_check.sh"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["device=cuda"], "torch sees no GPU"), (["amp=true"], "amp: true needs a CUDA device; this run computes on 'cpu'"),
+    (["sync_bn=true"], "sync_bn: true needs a CUDA device")])
+def test_headless_run_checks_the_device_before_a_kernel_starts(tmp_path, overrides, message):
+    import sys
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    run_dir = tmp_path / "run"
+    args = [a for o in overrides for a in ("--set", o)]
+    proc = subprocess.run([sys.executable, "-m", "fpn_lab.cli", "run", "params/smoke.yaml", "--run-dir", str(run_dir),
+                           *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-1500:]
+    assert not run_dir.exists()  # refused before a run folder was made (device: auto resolved here)

@@ -202,8 +202,7 @@ def run_notebook(params_file: str | Path | None = None, *, overrides: dict | Non
     spec = notebook_parameters(notebook)
     params, notes = validate_params(params, notebook, spec=spec)
     check_kernel(kernel)
-    if nproc > 1:
-        check_nproc(nproc, params.get("device", spec.get("device", {}).get("default", "cpu")))
+    check_device_params({**{k: v["default"] for k, v in spec.items()}, **params}, nproc)
     for note in notes:
         log.warning(note)
     selection = params.get("selection", spec.get("selection", {}).get("default"))
@@ -228,18 +227,28 @@ def run_notebook(params_file: str | Path | None = None, *, overrides: dict | Non
     return run_dir, ok
 
 
-def check_nproc(nproc: int, device: str) -> None:
-    """Refuse more processes than this machine can run side by side: one per usable core on the CPU
+def check_device_params(params: dict, nproc: int = 1) -> None:
+    """The checks that need this machine, before a kernel starts: ``device`` resolved here
+    (:func:`~fpn_lab.device.resolve_device`: a GPU asked for but absent), ``amp`` and ``sync_bn``
+    against it, and ``nproc``: one process per usable core on the CPU
     (:func:`~fpn_lab.threads.usable_cores`; more would only wait for each other, and each holds a
     kernel with torch and mmdet, about 1 GB), one per GPU on CUDA.
 
     Raises:
-        ParamsError: naming what there is.
+        ParamsError: naming what was asked and what there is.
     """
-    from fpn_lab.device import resolve_device
+    from fpn_lab.device import check_amp, resolve_device
     from fpn_lab.threads import usable_cores
 
-    resolved = resolve_device(device)
+    if "device" not in params:  # a notebook without the parameter (compare_necks)
+        return
+    resolved = resolve_device(params["device"])
+    check_amp(params.get("amp", False), resolved)
+    if params.get("sync_bn") and not resolved.startswith("cuda"):
+        raise ParamsError(f"sync_bn: true needs a CUDA device (torch's SyncBatchNorm has no CPU implementation); device "
+                          f"{params['device']!r} is {resolved!r} here. Set sync_bn: false.")
+    if nproc <= 1:
+        return
     if resolved.startswith("cuda"):
         import torch
 
@@ -312,7 +321,7 @@ def finish_run(run_dir: Path, notebook: Path, ok: bool, error, params: dict, *, 
     if echo:
         e = data.get("error") or {}
         where = f"process {e['rank']}: " if "rank" in e else ""
-        status = "finished" if ok else f"FAILED ({where}{e.get('ename')}: {str(e.get('evalue'))[:300]})"
+        status = "finished" if ok else f"FAILED ({where}{e.get('ename')}: {str(e.get('evalue'))[:800]})"
         print(f"[fpn-lab] {status}\n  notebook: {out_nb}\n  html:     {html}\n  metrics:  {metrics_path}\n"
               f"  log:      {run_dir / 'run.log'}", flush=True)
     return ok

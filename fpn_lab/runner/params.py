@@ -231,7 +231,7 @@ def _check_values(params: dict) -> None:
     if "lr_scaling" in params and params["lr_scaling"] not in LR_SCALING:
         raise ParamsError(f"lr_scaling: {params['lr_scaling']!r} is not one of {list(LR_SCALING)} (linear: lr x the number "
                           "of processes under torchrun; none: lr as given).")
-    if params.get("sync_bn") and params.get("device", "cpu") == "cpu":
+    if params.get("sync_bn") and params.get("device") == "cpu":  # "auto" is checked where it resolves
         raise ParamsError("sync_bn: true needs device: cuda (torch's SyncBatchNorm has no CPU implementation); on the "
                           "CPU each process keeps its own BatchNorm statistics. Set sync_bn: false.")
     name = params.get("run_name")

@@ -71,9 +71,10 @@ def run_rank(notebook: Path, run_dir: Path, params: dict, *, kernel: str, timeou
     if not ok:
         status["error"] = {**_failure(error), "rank": rank}
         status["terminated"] = isinstance(error, _Terminated)
-    write_json_atomic(ranks / f"rank{rank}.json", status)
     if ok and not main:
         out_nb.unlink(missing_ok=True)  # rank 0's notebook is the run's; keep the others' only to debug a failure
+        status["notebook"] = None
+    write_json_atomic(ranks / f"rank{rank}.json", status)
     if main and finish:
         from fpn_lab.runner.params import notebook_parameters
 
@@ -135,9 +136,30 @@ def launch(notebook: Path, run_dir: Path, params: dict, nproc: int, *, kernel: s
         print(f"[fpn-lab] torchrun: {nproc} processes x {threads} threads", flush=True)
     with open(run_dir / RANKS_DIR / "torchrun.log", "w") if not echo else open(os.devnull, "w") as sink:
         out = None if echo else sink
-        rc = subprocess.run(cmd, cwd=str(project_path(".")), env=env, stdout=out, stderr=out).returncode
+        proc = subprocess.Popen(cmd, cwd=str(project_path(".")), env=env, stdout=out, stderr=out)
+        previous = signal.getsignal(signal.SIGTERM)
+        # a launcher stopped by SIGTERM (a timeout, a CI cancel) stops torchrun, which stops its workers
+        signal.signal(signal.SIGTERM, lambda *_: _stop(proc))
+        try:
+            rc = proc.wait()
+        except KeyboardInterrupt:
+            _stop(proc, code=130)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     error = root_cause(run_dir, nproc, rc)
     return error is None, error
+
+
+def _stop(proc, code: int = 143) -> None:
+    """Stop torchrun (it stops its workers on SIGTERM), kill it after 60 s, and exit with ``code``."""
+    import subprocess as sp
+
+    proc.terminate()
+    try:
+        proc.wait(60)
+    except sp.TimeoutExpired:
+        proc.kill()
+    raise SystemExit(code)
 
 
 def main(argv=None) -> int:
