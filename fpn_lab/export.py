@@ -120,7 +120,7 @@ def export_onnx(model, image_size: int, path: str | Path, *, class_names: Sequen
         with torch.no_grad():
             inputs, _ = model.predict_inputs(images, geometries)
         inputs = inputs.contiguous()
-        network = _Network(model).eval()
+        network = _network(model)
         dynamic = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
         tmp = path.with_name(path.name + ".tmp.onnx")
         with exportable(model.detector), torch.no_grad():
@@ -195,21 +195,19 @@ def _translations() -> dict:
     return {torch.ops.torchvision.deform_conv2d.default: torchvision_deform_conv2d}
 
 
-class _Network:
+def _network(model):
     """``model.head_outputs`` as a module with a flat tuple of outputs (what the exporter traces)."""
+    import torch
 
-    def __new__(cls, model):
-        import torch
+    class Network(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
 
-        class Network(torch.nn.Module):
-            def __init__(self, model):
-                super().__init__()
-                self.model = model
+        def forward(self, inputs):
+            return tuple(t for group in self.model.head_outputs(inputs) for t in group)
 
-            def forward(self, inputs):
-                return tuple(t for group in self.model.head_outputs(inputs) for t in group)
-
-        return Network(model)
+    return Network(model).eval()
 
 
 class OnnxDetector:

@@ -214,11 +214,9 @@ def mean_over_processes(value):
     """The mean of a scalar tensor over the processes (the tensor itself outside a group)."""
     if not initialized():
         return value
-    import torch
-
-    t = value.detach().float().reshape(1).clone()
+    t = value.detach().float().clone()
     _torch_dist().all_reduce(t)
-    return (t / world_size()).reshape(()).to(value.dtype) if torch.is_floating_point(value) else t / world_size()
+    return (t / world_size()).to(value.dtype)
 
 
 def shard_indices(n: int, rank: int, world: int, *, order=None, pad: bool = False,
