@@ -229,7 +229,15 @@ def _cli(*args, timeout=600):
                           text=True, timeout=timeout)
 
 
+def _needs_two_cores():
+    from fpn_lab.threads import usable_cores
+
+    if usable_cores() < 2:
+        pytest.skip(f"fpn-lab run --nproc 2 needs 2 usable cores; this machine has {usable_cores()}")
+
+
 def test_fpn_lab_run_nproc_2(tmp_path):
+    _needs_two_cores()
     run_dir = tmp_path / "run"
     proc = _cli("run", "params/smoke.yaml", "--nproc", "2", "--run-dir", str(run_dir))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -252,6 +260,7 @@ def test_fpn_lab_run_nproc_2(tmp_path):
 
 
 def test_fpn_lab_run_nproc_failure_names_the_rank(tmp_path):
+    _needs_two_cores()
     run_dir = tmp_path / "run"
     # 5 training images, 2 processes of batch 3: no process gets a full batch (one process could: 5 >= 3)
     proc = _cli("run", "params/smoke.yaml", "--nproc", "2", "--run-dir", str(run_dir), "--set", "lr_find_iters=0",
