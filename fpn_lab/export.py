@@ -132,21 +132,23 @@ def export_onnx(model, image_size: int, path: str | Path, *, class_names: Sequen
             except Exception as e:  # the exporter's own errors: keep their text
                 raise ModelError(f"torch.onnx.export failed for {model.preset.name}: {type(e).__name__}: "
                                  f"{str(e).splitlines()[0][:500]}") from e
-        program.save(str(tmp))
-        proto = onnx.load(str(tmp))
-        meta = {"preset": model.preset.name, "class_names": list(class_names), "image_size": int(image_size),
-                "pad_position": pad_position, "pad_value": [float(v) for v in model.preset.pad_value],
-                **getattr(model, "neck_choice", {"neck": None, "neck_args": {}}), "config": _plain(model.cfg.to_dict()),
-                "outputs": names, "levels": list(model.levels), "opset": opset, "dynamic_batch": bool(dynamic_batch),
-                "input": "images: float32[B, 3, S, S] after the detector's preprocessor", "fpn_lab_version": __version__}
-        del proto.metadata_props[:]
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = METADATA_KEY, json.dumps(meta)
-        onnx.checker.check_model(proto)
-        onnx.save(proto, str(tmp))
-        tmp.replace(path)
-        for extra in tmp.parent.glob(tmp.name + ".data"):
-            extra.unlink()
+        try:
+            program.save(str(tmp))
+            proto = onnx.load(str(tmp))
+            meta = {"preset": model.preset.name, "class_names": list(class_names), "image_size": int(image_size),
+                    "pad_position": pad_position, "pad_value": [float(v) for v in model.preset.pad_value],
+                    **getattr(model, "neck_choice", {"neck": None, "neck_args": {}}), "config": _plain(model.cfg.to_dict()),
+                    "outputs": names, "levels": list(model.levels), "opset": opset, "dynamic_batch": bool(dynamic_batch),
+                    "input": "images: float32[B, 3, S, S] after the detector's preprocessor", "fpn_lab_version": __version__}
+            del proto.metadata_props[:]
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = METADATA_KEY, json.dumps(meta)
+            onnx.checker.check_model(proto)
+            onnx.save(proto, str(tmp))
+            tmp.replace(path)
+        finally:  # nothing half-written is left: the temporary file and any external-data file beside it
+            for leftover in (tmp, tmp.with_name(tmp.name + ".data")):
+                leftover.unlink(missing_ok=True)
     finally:
         model.train(was_training)
     return path

@@ -23,13 +23,13 @@ class COCOAccumulator:
     """
 
     def __init__(self):
-        self.by_image: dict = {}  # image_id -> its COCO results
+        self.by_record: dict = {}  # record_id -> its image's COCO results
         self.detections: list[dict] = []
         self.result: dict | None = None
         self.learn = None
 
     def reset(self):
-        self.by_image, self.detections, self.result = {}, [], None
+        self.by_record, self.detections, self.result = {}, [], None
 
     def accumulate(self, learn):
         self.learn = learn
@@ -38,7 +38,7 @@ class COCOAccumulator:
             return
         for p, t in zip(preds, learn.yb[0]):
             boxes = t["geometry"].to_original(p["boxes"].cpu().numpy())
-            self.by_image[t["image_id"]] = detections_to_coco(t["image_id"], boxes, p["scores"].cpu().numpy(),
+            self.by_record[t["record_id"]] = detections_to_coco(t["image_id"], boxes, p["scores"].cpu().numpy(),
                                                               p["labels"].cpu().numpy(), learn.class_map)
 
     def evaluate(self) -> dict:
@@ -46,8 +46,8 @@ class COCOAccumulator:
 
         if self.result is None:
             records = self.learn.dls.valid.dataset.records
-            by_image = distributed.gather_by_key(self.by_image) if distributed.initialized() else self.by_image
-            self.detections = [d for r in records for d in by_image.get(r.image_id, ())]
+            by_record = distributed.gather_by_key(self.by_record) if distributed.initialized() else self.by_record
+            self.detections = [d for r in records for d in by_record.get(r.record_id, ())]
             result = coco_evaluate(records, self.detections, self.learn.class_map) if distributed.is_main() else None
             self.result = distributed.broadcast(result)
         return self.result

@@ -338,9 +338,8 @@ class Run:
         # under torchrun: rank 0 holds pycocotools' evaluation, analyses it and hands the others the result
         self.analysis = distributed.broadcast(analyse(records, detections, class_map, self.result, ev,
                                                       detection_threshold) if self.dist.is_main else None)
-        for name, draw in (("confusion_matrix.png", plot_confusion_matrix), ("curves.png", plot_curves)):
-            if not self.dist.is_main:
-                break
+        for name, draw in (("confusion_matrix.png", plot_confusion_matrix), ("curves.png", plot_curves)) \
+                if self.dist.is_main else ():
             fig = draw(self.analysis)
             tmp = self.path(name + ".tmp.png")
             fig.savefig(tmp, dpi=90, bbox_inches="tight")
