@@ -32,6 +32,11 @@ class NeckIncompatibleError(ModelError):
     head takes P3-P5); not raised for bad neck names or arguments."""
 
 
+class OpNotAvailableError(ModelError):
+    """An mmcv operator that fpn_lab's compiler-free kernels (:mod:`fpn_lab.mmdet_adapter.mmcv_ops`)
+    do not provide; the message names it and how to get mmcv's compiled one."""
+
+
 class WeightsUnavailableError(ModelError):
     """Pretrained weights could not be downloaded or found locally."""
 

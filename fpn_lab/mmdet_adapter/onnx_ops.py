@@ -3,10 +3,11 @@ equivalent that ``tests/test_export.py`` shows computes the same, or the export 
 operator's name. No silent fallback.
 
 * ``mmcv.ops.DeformConv2d`` (VFNet's head): :class:`TorchvisionDeformConv2d`, which calls
-  ``torchvision.ops.deform_conv2d`` (exported by torch's ONNX exporter as ONNX ``DeformConv``,
-  opset 19, which onnxruntime runs) with the same weights, offsets laid out alike
-  (``[y0, x0, y1, x1, ...]`` per kernel position) and mmcv's zero padding of inputs smaller than the
-  kernel.
+  :func:`fpn_lab.mmdet_adapter.mmcv_ops.deform_conv2d` (``torchvision.ops.deform_conv2d``, the same
+  kernel that runs mmcv's operator without its compiled extension; exported by torch's ONNX
+  exporter as ONNX ``DeformConv``, opset 19, which onnxruntime runs) with the same weights, offsets
+  laid out alike (``[y0, x0, y1, x1, ...]`` per kernel position) and mmcv's zero padding of inputs
+  smaller than the kernel.
 """
 
 from __future__ import annotations
@@ -20,15 +21,16 @@ from fpn_lab.errors import ModelError
 
 
 class TorchvisionDeformConv2d(nn.Module):
-    """``mmcv.ops.DeformConv2d.forward`` computed with ``torchvision.ops.deform_conv2d``; shares
-    the wrapped layer's weight (no bias: mmcv's layer has none)."""
+    """``mmcv.ops.DeformConv2d.forward`` computed with
+    :func:`~fpn_lab.mmdet_adapter.mmcv_ops.deform_conv2d`; shares the wrapped layer's weight (no
+    bias: mmcv's layer has none)."""
 
     def __init__(self, layer: nn.Module):
         super().__init__()
         self.layer = layer
 
     def forward(self, x: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-        from torchvision.ops import deform_conv2d
+        from fpn_lab.mmdet_adapter.mmcv_ops import deform_conv2d
 
         m = self.layer
         kh, kw = m.kernel_size
@@ -36,7 +38,7 @@ class TorchvisionDeformConv2d(nn.Module):
         if pad_h or pad_w:  # as mmcv does for inputs smaller than the kernel
             x = nn.functional.pad(x, (0, pad_w, 0, pad_h))
             offset = nn.functional.pad(offset, (0, pad_w, 0, pad_h))
-        out = deform_conv2d(x, offset, m.weight, None, stride=m.stride, padding=m.padding, dilation=m.dilation)
+        out = deform_conv2d(x, offset, m.weight, stride=m.stride, padding=m.padding, dilation=m.dilation)
         if pad_h or pad_w:
             out = out[:, :, :out.size(2) - pad_h, :out.size(3) - pad_w]
         return out

@@ -17,6 +17,7 @@ from torch import nn
 
 from fpn_lab.errors import ModelError
 from fpn_lab.mmdet_adapter.config import load_config
+from fpn_lab.mmdet_adapter.mmcv_ops import check_model
 from fpn_lab.mmdet_adapter.necks import level_names, neck_strides
 
 
@@ -61,7 +62,8 @@ def _build(cfg, preset, *, init_weights: bool) -> MMDetModel:
     from mmengine.logging import MMLogger
 
     detector = MODELS.build(copy.deepcopy(cfg.model))  # the build adds train_cfg/test_cfg to the head's cfg
-    keep_mmcv_ops_contiguous(detector)  # NaN offsets would crash mmcv's CPU kernel (VFNet in lr_find)
+    check_model(detector, preset.name)  # mmcv layers without a torchvision kernel: refused by name
+    keep_mmcv_ops_contiguous(detector)  # compiled path: NaN offsets would crash mmcv's CPU kernel
     if init_weights:
         logger = MMLogger.get_current_instance()
         level = logger.level
@@ -287,7 +289,7 @@ class MMDetModel(nn.Module):
 
 
 def _contiguous_inputs(module, args):
-    """Forward pre-hook of mmcv's deformable convolutions: contiguous inputs, finite offsets.
+    """Forward pre-hook of mmcv's compiled deformable convolutions: contiguous inputs, finite offsets.
 
     A NaN or infinite offset makes the CPU kernel index outside the image and crash the process
     (segmentation fault; seen when ``lr_find`` drives VFNet's weights to NaN). A RuntimeError here
@@ -302,15 +304,20 @@ def _contiguous_inputs(module, args):
 
 
 def keep_mmcv_ops_contiguous(model: nn.Module) -> int:
-    """Guard mmcv's deformable convolutions: NCHW inputs and weights, and finite offsets.
+    """Guard mmcv's compiled deformable convolutions: NCHW inputs and weights, and finite offsets.
 
-    mmcv 2.1's CPU ``DeformConv2d`` / ``ModulatedDeformConv2d`` kernels refuse non-contiguous
-    inputs ("input must be contiguous"), and VFNet's head uses them; given NaN offsets they crash
-    the process. Their weights are made contiguous again and a forward pre-hook
-    (:func:`_contiguous_inputs`) checks the inputs are finite and hands them over contiguous (a
-    copy only when the input is NHWC); every other layer keeps its layout. Idempotent. Returns
-    the number of such modules.
+    Only where mmcv's compiled extension is in use (``FPN_LAB_MMCV=compiled``): its CPU
+    ``DeformConv2d`` / ``ModulatedDeformConv2d`` kernels refuse non-contiguous inputs ("input must
+    be contiguous") and crash the process on NaN offsets. Their weights are made contiguous again
+    and a forward pre-hook (:func:`_contiguous_inputs`) checks the inputs are finite and hands them
+    over contiguous; every other layer keeps its layout. torchvision's kernels (the default path,
+    :mod:`~fpn_lab.mmdet_adapter.mmcv_ops`) take any layout and check finiteness themselves, so
+    nothing is done there. Idempotent. Returns the number of guarded modules.
     """
+    from fpn_lab.mmdet_adapter.mmcv_ext import ops_path
+
+    if ops_path() != "compiled":
+        return 0
     from mmcv.ops import DeformConv2d, ModulatedDeformConv2d
 
     n = 0

@@ -126,8 +126,9 @@ def place_model(model, device: str = "cpu", *, channels_last: bool = True):
     2-core CPU a YOLOX-tiny training step (batch 8, 320 px) took 12 % less time than NCHW (8 % with
     the weights alone; ``bench/step_speed.py``, interleaved, ``bench/RESULTS.md`` section 8).
     Numbers differ from NCHW only by float rounding; a model and its reloaded copy compare exactly
-    only when placed alike. mmcv's deformable convolutions (VFNet's head) stay NCHW, as their CPU
-    kernels require (:func:`~fpn_lab.mmdet_adapter.wrapper.keep_mmcv_ops_contiguous`).
+    only when placed alike. Where mmcv's compiled extension is in use, its deformable convolutions
+    (VFNet's head) stay NCHW, as its CPU kernels require
+    (:func:`~fpn_lab.mmdet_adapter.wrapper.keep_mmcv_ops_contiguous`).
     """
     import torch
 
@@ -136,5 +137,5 @@ def place_model(model, device: str = "cpu", *, channels_last: bool = True):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device, memory_format=fmt)
     model.channels_last = bool(channels_last)
-    keep_mmcv_ops_contiguous(model)  # weights back to NCHW: mmcv's deformable convolutions take no other
+    keep_mmcv_ops_contiguous(model)  # compiled mmcv: its deformable convolutions take NCHW only
     return model
