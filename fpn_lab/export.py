@@ -164,7 +164,10 @@ def export_file(source: Path, *, output: Path | None = None, opset: int = DEFAUL
         ``(output, largest absolute difference)``.
 
     Raises:
-        ModelError: no checkpoint at ``source``, or :func:`export_onnx`'s errors.
+        ModelError: no checkpoint at ``source``, :func:`export_onnx`'s errors, or the exported
+            model disagrees with PyTorch (another number of outputs or shapes, a non-finite value,
+            or a difference beyond ``rtol`` :data:`CHECK_RTOL` / ``atol`` :data:`CHECK_ATOL`); the
+            ONNX file is removed then.
     """
     import torch
 
@@ -183,7 +186,44 @@ def export_file(source: Path, *, output: Path | None = None, opset: int = DEFAUL
         inputs, _ = model.predict_inputs(images, geometries)
         reference = [t.numpy() for group in model.head_outputs(inputs) for t in group]
     got = OnnxDetector(output).raw_outputs(inputs)
-    return output, max(float(np.abs(a - b).max()) for a, b in zip(got, reference))
+    try:
+        return output, check_outputs(got, reference)
+    except ModelError as e:
+        output.unlink(missing_ok=True)
+        output.with_name(output.name + ".data").unlink(missing_ok=True)
+        raise ModelError(f"fpn-lab export: {e} The exported file {output} was removed.") from None
+
+
+#: Tolerances of :func:`check_outputs` (``numpy.allclose``): float32 kernels of onnxruntime and
+#: PyTorch sum in different orders; a wrong translation differs by far more.
+CHECK_RTOL, CHECK_ATOL = 1e-3, 1e-3
+
+
+def check_outputs(got: list, reference: list) -> float:
+    """Compare onnxruntime's raw outputs ``got`` with PyTorch's ``reference`` (lists of arrays, in
+    the same order). Returns the largest absolute difference.
+
+    Raises:
+        ModelError: the counts or shapes differ, a value is NaN or infinite on either side, or a
+            difference exceeds ``rtol`` :data:`CHECK_RTOL` / ``atol`` :data:`CHECK_ATOL`.
+    """
+    if len(got) != len(reference):
+        raise ModelError(f"onnxruntime gave {len(got)} outputs, PyTorch {len(reference)}.")
+    worst = 0.0
+    for k, (a, b) in enumerate(zip(got, reference)):
+        a, b = np.asarray(a), np.asarray(b)
+        if a.shape != b.shape:
+            raise ModelError(f"output {k}: onnxruntime's shape {a.shape} differs from PyTorch's {b.shape}.")
+        for side, arr in (("onnxruntime", a), ("PyTorch", b)):
+            if not np.isfinite(arr).all():
+                raise ModelError(f"output {k}: {side} gave {int((~np.isfinite(arr)).sum())} non-finite values "
+                                 "(NaN or inf); the checkpoint's weights may be non-finite.")
+        diff = float(np.abs(a - b).max()) if a.size else 0.0
+        worst = max(worst, diff)
+        if not np.allclose(a, b, rtol=CHECK_RTOL, atol=CHECK_ATOL):
+            raise ModelError(f"output {k}: onnxruntime and PyTorch differ by up to {diff:.3g} (tolerance rtol "
+                             f"{CHECK_RTOL}, atol {CHECK_ATOL}).")
+    return worst
 
 
 def _translations() -> dict:

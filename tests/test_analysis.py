@@ -137,3 +137,15 @@ def test_a_malformed_threshold_is_a_params_error(text):
 
     with pytest.raises(ParamsError, match="detection_threshold: expected a score in"):
         coerce("detection_threshold", text, "auto")
+
+
+def test_auto_threshold_suggests_nothing_when_every_f1_is_zero():
+    """Detections that never hit a box make every F1 0; auto used to pick the first threshold, 0.00."""
+    records, _ = _hand_case()
+    dets = [_det(1, 0, (200, 0, 220, 20), 0.9), _det(1, 1, (250, 250, 290, 290), 0.4)]  # both on background
+    result, ev = coco_evaluation(records, dets, NAMES)
+    an = analyse(records, dets, NAMES, result, ev, score_threshold="auto")
+    assert ev is not None and np.nanmax(an.f1) == 0
+    assert math.isnan(an.best_threshold) and an.best_mean_f1 == 0.0 and an.score_threshold == 0.5
+    assert an.as_dict()["best_threshold"] == {"score": None, "mean_F1": 0.0}
+    assert an.confusion[3, :3].tolist() == [1, 0, 0]  # the score-0.9 detection is a false positive at 0.5

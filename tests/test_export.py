@@ -15,8 +15,8 @@ import torch
 from conftest import DATA, ROOT
 from fpn_lab.errors import ModelError
 
-pytest.importorskip("onnxruntime")
-pytest.importorskip("onnxscript")
+import onnxruntime  # noqa: F401,E402  (declared dependencies: a broken wheel fails here, never skips)
+import onnxscript  # noqa: F401,E402
 
 SIZE = 128
 ARCHS = ["yolox_tiny_pafpn_300e", "retinanet_r18_fpn_1x", "vfnet_r50_fpn_1x"]
@@ -193,3 +193,29 @@ def test_cli_export_of_a_checkpoint_with_dynamic_batch(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "fpn_lab.cli", "export", str(tmp_path / "nothing")], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "neither a checkpoint file nor a run folder" in proc.stderr
+
+
+def test_export_check_fails_on_a_disagreement_nan_or_missing_output(tmp_path, monkeypatch):
+    """`fpn-lab export` compared onnxruntime with PyTorch but exited 0 whatever it found: a NaN was
+    lost in max() and zip() dropped a missing output."""
+    from fpn_lab.checkpoint import save_checkpoint
+    from fpn_lab.core.class_map import ClassMap
+    from fpn_lab.export import OnnxDetector, check_outputs, export_file
+    from fpn_lab.models.build import build_model
+
+    ref = [np.zeros((1, 4), np.float32), np.ones((1, 2), np.float32)]
+    assert check_outputs([r.copy() for r in ref], ref) == 0.0
+    with pytest.raises(ModelError, match="non-finite"):
+        check_outputs([np.full((1, 4), np.nan, np.float32), ref[1]], ref)
+    with pytest.raises(ModelError, match="1 outputs, PyTorch 2"):
+        check_outputs(ref[:1], ref)
+    with pytest.raises(ModelError, match="differ by up to 0.5"):
+        check_outputs([ref[0] + 0.5, ref[1]], ref)
+
+    model = build_model("yolox_tiny_pafpn_300e", num_classes=2)
+    save_checkpoint(tmp_path / "model.pth", model, ClassMap(["a", "b"]), image_size=SIZE)
+    real = OnnxDetector.raw_outputs
+    monkeypatch.setattr(OnnxDetector, "raw_outputs", lambda self, x: [o * np.nan for o in real(self, x)])
+    with pytest.raises(ModelError, match="non-finite.*was removed"):
+        export_file(tmp_path)
+    assert not (tmp_path / "model.onnx").exists()

@@ -17,7 +17,7 @@ from fpn_lab.errors import DataError, ModelError, TrainingError
 from fpn_lab.inference import predict_dataset
 from fpn_lab.inference import predict_images
 from fpn_lab.learner.learner import make_learner
-from fpn_lab.mmdet_adapter.wrapper import recompute_batchnorm_stats
+from fpn_lab.mmdet_adapter.wrapper import recompute_batchnorm_stats, score_threshold
 from fpn_lab.models.build import build_model
 from fpn_lab.runner.context import set_seed
 
@@ -166,3 +166,46 @@ def test_lr_find_never_saves_diverged_weights_as_last_good(fridge, tmp_path):
     assert not ckpt.exists() and not (tmp_path / "models").exists()
     with pytest.raises(ValueError, match="one target dict per image"):
         model(torch.zeros(1, 3, 64, 64, dtype=torch.uint8), None)
+
+
+def test_recompute_batchnorm_stats_without_batches_is_an_error_and_keeps_the_statistics():
+    """recompute_batchnorm_stats([]) used to reset every BatchNorm to mean 0 / var 1 and report success."""
+    model = build_model("yolox_tiny_pafpn_300e", num_classes=2)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        for k, m in enumerate(bns):
+            m.running_mean.fill_(0.1 * k + 0.5)
+            m.running_var.fill_(2.0)
+    before = [(m.running_mean.clone(), m.running_var.clone()) for m in bns]
+    with pytest.raises(ModelError, match="no batches were given"):
+        recompute_batchnorm_stats(model, [])
+    for m, (mean, var) in zip(bns, before):
+        torch.testing.assert_close(m.running_mean, mean)
+        torch.testing.assert_close(m.running_var, var)
+
+
+def test_coco_metric_scores_the_loader_that_was_validated(fridge):
+    """learn.validate(ds_idx=0) validates the training loader, but the metric took its ground truth
+    from learn.dls.valid whatever was validated: here a valid split without boxes gave AP nan
+    ("no ground-truth boxes") for a training split that has them."""
+    import dataclasses
+    import math
+
+    from fpn_lab.metrics.coco import coco_evaluate
+
+    parser, records = fridge
+    empty = [dataclasses.replace(r, boxes=np.zeros((0, 4), np.float32), labels=np.zeros(0, np.int64),
+                                 iscrowd=np.zeros(0, bool), difficult=np.zeros(0, bool)) for r in records[:2]]
+    set_seed(0)
+    model = build_model("yolox_tiny_pafpn_300e", num_classes=len(parser.class_map))
+    dls = make_dataloaders(Dataset(records[:4], resize_and_pad(64)), Dataset(empty, resize_and_pad(64)), 2)
+    learn = make_learner(dls, model, parser.class_map, cbs=[])
+    acc = learn.metrics[0].acc
+    with learn.no_bar(), learn.no_logging(), score_threshold(model, 0.0):
+        _, ap, ap50 = learn.validate(ds_idx=0)
+    assert not math.isnan(ap) and not math.isnan(ap50)
+    assert {d["image_id"] for d in acc.detections} <= {r.image_id for r in records[:4]} and acc.detections
+    assert ap == coco_evaluate(records[:4], acc.detections, parser.class_map)["AP"]
+    with learn.no_bar(), learn.no_logging():
+        _, ap, _ = learn.validate()  # the valid split (no boxes): nothing to score
+    assert math.isnan(ap)

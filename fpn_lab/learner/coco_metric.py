@@ -14,7 +14,8 @@ from fpn_lab.metrics.coco import coco_evaluate, detections_to_coco
 class COCOAccumulator:
     """Collects validation detections (mapped to original-image pixels) and evaluates them once.
 
-    Ground truth is ``learn.dls.valid.dataset.records``. After a validation pass,
+    Ground truth is the records of the loader being validated (``learn.dl``: ``learn.dls.valid``,
+    or the training loader for ``learn.validate(ds_idx=0)``). After a validation pass,
     :attr:`detections` holds the COCO results list (in the records' order) and :attr:`result`
     the full :func:`~fpn_lab.metrics.coco.coco_evaluate` dict. Across processes each one holds
     its share's detections until :meth:`evaluate` gathers them by image (an image padded into two
@@ -29,10 +30,13 @@ class COCOAccumulator:
         self.learn = None
 
     def reset(self):
-        self.by_record, self.detections, self.result = {}, [], None
+        self.by_record, self.detections, self.result, self.dataset = {}, [], None, None
 
     def accumulate(self, learn):
         self.learn = learn
+        # the loader being validated (learn.validate(ds_idx=0) validates the training set): its
+        # records are the ground truth, never learn.dls.valid's by default
+        self.dataset = learn.dl.dataset
         preds = learn.pred.get("predictions") if isinstance(learn.pred, dict) else None
         if preds is None:
             return
@@ -45,7 +49,7 @@ class COCOAccumulator:
         from fpn_lab import distributed
 
         if self.result is None:
-            records = self.learn.dls.valid.dataset.records
+            records = (self.dataset or self.learn.dls.valid.dataset).records
             by_record = distributed.gather_by_key(self.by_record) if distributed.initialized() else self.by_record
             self.detections = [d for r in records for d in by_record.get(r.record_id, ())]
             result = coco_evaluate(records, self.detections, self.learn.class_map) if distributed.is_main() else None

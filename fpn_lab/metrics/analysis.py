@@ -264,7 +264,8 @@ def analyse(records: Sequence[Record], detections: list[dict], class_map, result
         class_map: the dataset's :class:`~fpn_lab.core.class_map.ClassMap` (or class names).
         score_threshold: for the confusion matrix and the per-image errors: a score in ``[0, 1]``,
             or ``"auto"``: the threshold with the best mean F1 (0.5 when there is no detection to
-            choose from, said in the returned ``best_threshold`` being nan).
+            choose from, or no threshold keeps a true positive so that every F1 is 0; said in the
+            returned ``best_threshold`` being nan, with ``best_mean_f1`` nan or 0).
 
     Raises:
         ParamsError: ``score_threshold`` is neither ``"auto"`` nor a score in ``[0, 1]``.
@@ -282,7 +283,9 @@ def analyse(records: Sequence[Record], detections: list[dict], class_map, result
         has_gt = gt_counts > 0
         mean_f1 = np.nan_to_num(out.f1[has_gt]).mean(axis=0)
         j = int(np.argmax(mean_f1))
-        out.best_threshold, out.best_mean_f1 = float(SCORE_THRESHOLDS[j]), float(mean_f1[j])
+        out.best_mean_f1 = float(mean_f1[j])
+        # every F1 is 0 when no threshold keeps a true positive: no threshold is better than another
+        out.best_threshold = float(SCORE_THRESHOLDS[j]) if out.best_mean_f1 > 0 else math.nan
     thr = (0.5 if math.isnan(out.best_threshold) else out.best_threshold) if score_threshold == "auto" else score_threshold
     out.score_threshold = float(thr)
     label_of = {cid: k for k, cid in enumerate(class_map.category_ids)}

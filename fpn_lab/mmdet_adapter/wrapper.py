@@ -341,11 +341,15 @@ def recompute_batchnorm_stats(model: MMDetModel, batches) -> int:
     ``(images, targets)`` batches forwarded in training mode (no gradients, weights untouched).
 
     Returns the number of BatchNorm layers updated.
+
+    Raises:
+        ModelError: ``batches`` is empty; the statistics are left as they were.
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [(m.momentum, m.training) for m in bns]
+    saved = [(m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in bns]
     was_training = model.training
     model.detector.train()
+    seen = 0
     try:
         for m in bns:
             m.reset_running_stats()
@@ -353,10 +357,17 @@ def recompute_batchnorm_stats(model: MMDetModel, batches) -> int:
         for images, targets in batches:
             inputs, samples = model.preprocess(images, targets, training=False)
             model.detector(inputs, samples, mode="tensor")
+            seen += 1
     finally:
-        for m, (momentum, _) in zip(bns, saved):
+        for m, (momentum, mean, var, count) in zip(bns, saved):
             m.momentum = momentum
+            if not seen:  # nothing to average over (or the first batch failed): keep the old statistics
+                m.running_mean.copy_(mean), m.running_var.copy_(var), m.num_batches_tracked.copy_(count)
         model.train(was_training)
+    if not seen:
+        raise ModelError("recompute_batchnorm_stats: no batches were given, so no statistics could be estimated; the "
+                         "BatchNorm statistics were left as they were. Pass a non-empty list of (images, targets) "
+                         "batches, e.g. [dls.train.one_batch() for _ in range(5)].")
     return len(bns)
 
 

@@ -348,8 +348,9 @@ class Run:
         a = self.analysis
         sizes = ", ".join(f"{k} {v['AP']:.3f} ({v['boxes']} boxes)" if v["AP"] is not None else f"{k}: no boxes"
                           for k, v in a.by_size.items())
-        best = ("no detections to choose a threshold from" if np.isnan(a.best_threshold) else
-                f"best mean F1 {a.best_mean_f1:.3f} at score {a.best_threshold:.2f}")
+        best = (f"best mean F1 {a.best_mean_f1:.3f} at score {a.best_threshold:.2f}" if not np.isnan(a.best_threshold)
+                else "no detections to choose a threshold from" if np.isnan(a.best_mean_f1)
+                else "no score threshold keeps a true positive (every F1 is 0): no threshold to suggest")
         print(f"AP by size: {sizes}\n{best}; confusion matrix and worst images at score >= {a.score_threshold:.2f}")
         return self.analysis
 
