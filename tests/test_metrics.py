@@ -169,3 +169,36 @@ def test_r12_string_image_ids_stay_strings():
     assert {d["image_id"] for d in dets} == {"img_a", "2"}
     assert coco_evaluate(records, dets, parser.class_map)["AP"] == pytest.approx(1.0)
     assert _pycocotools_stats(case / "annotations_string_ids.json", dets)[0] == pytest.approx(1.0)
+
+
+def test_records_sharing_ids_are_refused_by_the_dataset_and_the_evaluation(bccd_records):
+    """Two parses concatenated share record and image ids: detections overwrote each other in the
+    metric and pycocotools merged their ground truth, and the run said ok."""
+    import dataclasses
+
+    from fpn_lab.data.dataloaders import Dataset
+    from fpn_lab.data.transforms import resize_and_pad
+    from fpn_lab.errors import DataError
+
+    parser, _, test = bccd_records
+    twice = list(test[:3]) + list(test[:2])  # ids 0..2, then 0..1
+    with pytest.raises(DataError, match=r"records 0 and 3 .* share record_id .*2 duplicate"):
+        Dataset(twice, resize_and_pad(64))
+    renumbered = [dataclasses.replace(r, record_id=100 + k) for k, r in enumerate(twice)]  # image ids still shared
+    with pytest.raises(DataError, match="share image_id"):
+        Dataset(renumbered, resize_and_pad(64))
+    dets = [d for r in twice for d in detections_to_coco(r.image_id, r.boxes, np.ones(len(r.boxes)), r.labels,
+                                                          parser.class_map)]
+    with pytest.raises(DataError, match="2 image id.* more than one record"):
+        coco_evaluate(twice, dets, parser.class_map)
+
+
+def test_dataset_of_parse_output_names_the_split_lists(bccd_records):
+    """Dataset(parser.parse()) got [train, valid] and failed later with an AttributeError."""
+    from fpn_lab.data.dataloaders import Dataset
+    from fpn_lab.data.transforms import resize_and_pad
+    from fpn_lab.errors import DataError
+
+    _, train, test = bccd_records
+    with pytest.raises(DataError, match=r"element 0 of records is a list, expected a Record.*train_records, valid_records"):
+        Dataset([train, test], resize_and_pad(64))

@@ -16,6 +16,39 @@ from fpn_lab.data.transforms import Augment, Letterbox
 from fpn_lab.errors import DataError
 
 
+def _check_records(records) -> list[Record]:
+    """``records`` as a list, each a :class:`Record`, their ``record_id`` and ``image_id`` unique.
+
+    Raises:
+        DataError: an element is not a Record (``parser.parse()``'s ``[train, valid]`` passed
+            whole), or two records share a ``record_id`` or an ``image_id`` (two parses
+            concatenated): their detections would overwrite each other in the metric and merge
+            ground truth in pycocotools, and the AP would be wrong without a word.
+    """
+    records = list(records)
+    for k, r in enumerate(records):
+        if not isinstance(r, Record):
+            hint = (" parser.parse() returns one list per split ([train, valid]): pass one of them, e.g. "
+                    "train_records, valid_records = parser.parse(); Dataset(train_records, tfms)."
+                    if isinstance(r, (list, tuple)) else "")
+            raise DataError(f"Dataset: element {k} of records is a {type(r).__name__}, expected a Record.{hint}")
+    for attr in ("record_id", "image_id"):
+        first: dict = {}
+        dup = []
+        for k, r in enumerate(records):
+            key = getattr(r, attr)
+            if key in first:
+                dup.append((first[key], k))
+            first.setdefault(key, k)
+        if dup:
+            a, b = dup[0]
+            raise DataError(f"Dataset: records {a} and {b} ({records[a].filepath.name}, {records[b].filepath.name}) share "
+                            f"{attr} {getattr(records[b], attr)!r} ({len(dup)} duplicate(s)); ids must be unique in a "
+                            "dataset, or results of one image overwrite another's. Fix: parse all images in one parser "
+                            "call, or give each source distinct ids before combining them.")
+    return records
+
+
 class Dataset:
     """Records plus a transform; item ``i`` is ``(uint8[S, S, 3] RGB image, target dict)``.
 
@@ -35,7 +68,7 @@ class Dataset:
     def __init__(self, records: Sequence[Record], tfms: Augment | Letterbox, cache_images: bool = True):
         if not isinstance(tfms, (Augment, Letterbox)):
             raise DataError(f"tfms must come from aug_tfms(...) or resize_and_pad(...); got {type(tfms).__name__}.")
-        self.records, self.tfms, self.cache_images = list(records), tfms, cache_images
+        self.records, self.tfms, self.cache_images = _check_records(records), tfms, cache_images
         self._cache: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:

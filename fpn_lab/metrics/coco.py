@@ -16,6 +16,8 @@ small/medium/large ranges but not AP@[.5:.95] over all areas).
 
 from __future__ import annotations
 
+import collections
+
 import contextlib
 import copy
 import io
@@ -45,9 +47,19 @@ def _image_id(value):
 
 def records_to_coco(records: Sequence[Record], class_map: ClassMap | Sequence[str]) -> dict:
     """COCO ground-truth dict of ``records``: source image and category ids, boxes as xywh,
-    ``area`` = box area, crowd and difficult boxes as ``iscrowd=1``."""
+    ``area`` = box area, crowd and difficult boxes as ``iscrowd=1``.
+
+    Raises:
+        DataError: two records share an ``image_id`` (pycocotools would merge their ground truth).
+    """
     class_map = as_class_map(class_map)
     cat_ids = class_map.category_ids
+    counts = collections.Counter(_image_id(r.image_id) for r in records)
+    shared = sorted((i for i, n in counts.items() if n > 1), key=str)
+    if shared:
+        raise DataError(f"{len(shared)} image id(s) are used by more than one record, e.g. {shared[:5]}: the evaluation "
+                        "would merge their ground truth and detections. Fix: parse all images in one parser call, or "
+                        "give each source distinct ids before combining them.")
     images, anns = [], []
     for r in records:
         images.append({"id": _image_id(r.image_id), "file_name": r.filepath.name, "height": r.height, "width": r.width})
