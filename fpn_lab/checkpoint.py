@@ -61,8 +61,9 @@ def save_checkpoint(path: str | Path, model, class_map: ClassMap, *, image_size:
 def _write_checkpoint(path: Path, model, class_map: ClassMap, image_size: int, pad_position: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     ckpt = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "preset": model.preset.name, "class_names": list(class_map.names), "image_size": int(image_size),
-            "pad_position": pad_position, "pad_value": [float(v) for v in model.preset.pad_value],
+            "preset": model.preset.name, "class_names": list(class_map.names),
+            "category_ids": [int(c) for c in class_map.category_ids], "image_size": int(image_size),
+            "pad_position": pad_position, "pad_value": [float(v) for v in model.pad_value],
             **getattr(model, "neck_choice", {}), "pretrained": getattr(model, "pretrained", None),
             "config": _plain(model.cfg.to_dict()), "fpn_lab_version": __version__}
     tmp = path.with_name(path.name + ".tmp")
@@ -84,9 +85,12 @@ def load_checkpoint(path: str | Path, *, class_map: ClassMap | Sequence[str] | N
             ``build_model(..., weights=path, class_names=...)``).
 
     Returns:
-        ``(model, info)``: the model in eval mode, and the checkpoint dict without
-        ``state_dict``: ``preset``, ``class_names``, ``image_size``, ``pad_position``,
-        ``pad_value`` (the letterbox to predict with), ``neck``, ``neck_args``, ``config``...
+        ``(model, info)``: the model in eval mode (``model.pad_value`` the fill it was trained
+        with), and the checkpoint dict without ``state_dict``: ``preset``, ``class_names``,
+        ``category_ids`` and ``class_map`` (a :class:`ClassMap` with the source's category ids,
+        as trained; ``label + 1`` for checkpoints that did not store them), ``image_size``,
+        ``pad_position``, ``pad_value`` (the letterbox to predict with), ``neck``,
+        ``neck_args``, ``config``...
 
     Raises:
         ModelError: not an fpn_lab checkpoint, another class map, or weights that do not fit
@@ -109,6 +113,11 @@ def load_checkpoint(path: str | Path, *, class_map: ClassMap | Sequence[str] | N
             raise ModelError(f"checkpoint {path} was trained with classes {saved} but {expected} were expected{order}; "
                              "use the checkpoint's class map (order matters), or fine-tune on the new classes with "
                              "build_model(..., weights=path, class_names=...).")
+        saved_ids = ckpt.get("category_ids")
+        if isinstance(class_map, ClassMap) and saved_ids is not None and list(class_map.category_ids) != list(saved_ids):
+            raise ModelError(f"checkpoint {path} was trained with category ids {list(saved_ids)} for {saved} but the "
+                             f"class map given has {list(class_map.category_ids)}; results would name other "
+                             "categories. Use info['class_map'] of the checkpoint, or a class map with its ids.")
     preset = get_preset(ckpt["preset"])
     _warn_if_config_changed(ckpt, preset, path)
     model = build_detector_from_config(ckpt["config"], preset)
@@ -122,6 +131,8 @@ def load_checkpoint(path: str | Path, *, class_map: ClassMap | Sequence[str] | N
     model.eval()
     info = {k: v for k, v in ckpt.items() if k != "state_dict"}
     info.setdefault("pad_value", list(preset.pad_value))
+    model.pad_value = info["pad_value"]
+    info["class_map"] = ClassMap(saved, info.get("category_ids"))  # ids: the source's, as trained
     info.setdefault("pad_position", "top_left")
     return model, info
 

@@ -20,11 +20,11 @@ needs besides onnxruntime: ``preset``, ``class_names`` (label order), ``image_si
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from fpn_lab.core.class_map import ClassMap
 from fpn_lab.errors import ModelError, ParamsError
 
 #: ONNX opset of the export: 19 is the first with ``DeformConv`` (VFNet's head).
@@ -60,13 +60,13 @@ def _blank_batch(model, image_size: int, batch: int):
 
     from fpn_lab.data.transforms import Letterbox
 
-    box = Letterbox(image_size, model.preset.pad_value)
+    box = Letterbox(image_size, model.pad_value)
     out, _, geometry = box(np.full((image_size, image_size, 3), 114, np.uint8))
     images = torch.from_numpy(np.stack([out] * batch)).permute(0, 3, 1, 2).contiguous()
     return images, [geometry] * batch
 
 
-def export_onnx(model, image_size: int, path: str | Path, *, class_names: Sequence[str], opset: int = DEFAULT_OPSET,
+def export_onnx(model, image_size: int, path: str | Path, *, class_names, opset: int = DEFAULT_OPSET,
                 dynamic_batch: bool = False, pad_position: str = "top_left") -> Path:
     """Export ``model``'s network (preprocessed images to raw head outputs) to an ONNX file.
 
@@ -74,7 +74,9 @@ def export_onnx(model, image_size: int, path: str | Path, *, class_names: Sequen
         model: :class:`~fpn_lab.mmdet_adapter.wrapper.MMDetModel` (its train / eval mode is restored).
         image_size: the input side in pixels (a multiple of 32), as trained; height and width are fixed.
         path: the ``.onnx`` file to write (atomically: a temporary file, then renamed).
-        class_names: the class names in label order (stored in the metadata).
+        class_names: the :class:`~fpn_lab.core.class_map.ClassMap` (names in label order and the
+            source's category ids, both stored in the metadata), or the names alone (ids
+            ``label + 1``).
         opset: the ONNX opset (at least 19 for VFNet's ``DeformConv``).
         dynamic_batch: let the batch dimension vary (traced with 2 images); else 1 image per run.
         pad_position: the letterbox placement the model was trained with.
@@ -97,10 +99,12 @@ def export_onnx(model, image_size: int, path: str | Path, *, class_names: Sequen
     from fpn_lab import __version__
     from fpn_lab.checkpoint import _plain
     from fpn_lab.data.transforms import Letterbox
+    from fpn_lab.metrics.coco import as_class_map
     from fpn_lab.mmdet_adapter.onnx_ops import exportable
     from fpn_lab.models.build import check_num_classes
 
-    check_num_classes(model, list(class_names), "export_onnx")
+    class_map = as_class_map(class_names)
+    check_num_classes(model, class_map, "export_onnx")
     try:
         Letterbox(image_size)
     except Exception as e:
@@ -135,8 +139,9 @@ def export_onnx(model, image_size: int, path: str | Path, *, class_names: Sequen
         try:
             program.save(str(tmp))
             proto = onnx.load(str(tmp))
-            meta = {"preset": model.preset.name, "class_names": list(class_names), "image_size": int(image_size),
-                    "pad_position": pad_position, "pad_value": [float(v) for v in model.preset.pad_value],
+            meta = {"preset": model.preset.name, "class_names": list(class_map.names),
+                    "category_ids": [int(c) for c in class_map.category_ids], "image_size": int(image_size),
+                    "pad_position": pad_position, "pad_value": [float(v) for v in model.pad_value],
                     **getattr(model, "neck_choice", {"neck": None, "neck_args": {}}), "config": _plain(model.cfg.to_dict()),
                     "outputs": names, "levels": list(model.levels), "opset": opset, "dynamic_batch": bool(dynamic_batch),
                     "input": "images: float32[B, 3, S, S] after the detector's preprocessor", "fpn_lab_version": __version__}
@@ -178,7 +183,7 @@ def export_file(source: Path, *, output: Path | None = None, opset: int = DEFAUL
         raise ModelError(f"fpn-lab export: {source} is neither a checkpoint file nor a run folder holding model.pth.")
     model, info = load_checkpoint(ckpt)
     output = output or ckpt.with_suffix(".onnx")
-    export_onnx(model, info["image_size"], output, class_names=info["class_names"], opset=opset,
+    export_onnx(model, info["image_size"], output, class_names=info["class_map"], opset=opset,
                 dynamic_batch=dynamic_batch, pad_position=info.get("pad_position", "top_left"))
     images, geometries = _blank_batch(model, info["image_size"], 1)
     images = torch.randint(0, 256, images.shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
@@ -265,7 +270,8 @@ class OnnxDetector:
         num_threads: onnxruntime's intra-op threads; 0: its default (the machine's cores).
 
     Attributes:
-        class_names, image_size, pad_position, preset, num_classes, metadata (the whole dict).
+        class_names, class_map (names with the source's category ids), image_size, pad_position,
+        pad_value, preset, num_classes, metadata (the whole dict).
 
     Raises:
         ModelError: the file is missing, not ONNX, or not exported by fpn_lab (no metadata).
@@ -294,8 +300,10 @@ class OnnxDetector:
         self.metadata = json.loads(raw)
         self.preset = get_preset(self.metadata["preset"])
         self.class_names = list(self.metadata["class_names"])
+        self.class_map = ClassMap(self.class_names, self.metadata.get("category_ids"))
         self.image_size = int(self.metadata["image_size"])
         self.pad_position = self.metadata["pad_position"]
+        self.pad_value = tuple(float(v) for v in self.metadata["pad_value"])
         self.model = build_detector_from_config(self.metadata["config"], self.preset).eval()
         self.num_classes = self.model.num_classes
         self.path = path

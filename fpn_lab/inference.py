@@ -47,12 +47,32 @@ def predict_batches(model, batches: Iterable[tuple[torch.Tensor, Sequence[Geomet
     return out
 
 
+def letterboxed_for(model, dataset):
+    """``dataset`` as ``model`` is fed: its letterbox (size and position) filled with
+    ``model.pad_value``, a training dataset's augmentation left out. Returns ``dataset`` itself
+    when it already is; otherwise a :class:`~fpn_lab.data.dataloaders.Dataset` over the same
+    records sharing the decoded-image cache. Every path that predicts on a dataset goes through it,
+    so a dataset letterboxed with another fill (IceVision's ``Adapter`` defaults to 114 grey, while
+    VFNet and RetinaNet pad with the ImageNet mean) is never predicted on as it is."""
+    from fpn_lab.data.dataloaders import Dataset
+    from fpn_lab.data.transforms import Augment, Letterbox
+
+    box = dataset.tfms.letterbox if isinstance(dataset.tfms, Augment) else dataset.tfms
+    if not isinstance(dataset.tfms, Augment) and box.pad_value == tuple(model.pad_value):
+        return dataset
+    view = Dataset(dataset.records, Letterbox(box.size, model.pad_value, box.position),
+                   cache_images=dataset.cache_images)
+    view._cache = dataset._cache
+    return view
+
+
 def predict_dataset(model, dataset, batch_size: int = 8, indices: Sequence[int] | None = None) -> list[dict]:
-    """Predictions for every record of a validation-transform ``dataset`` (or those at
-    ``indices``), in original-image pixels (one dict per record, same order; see
-    :func:`predict_batches`)."""
+    """Predictions for every record of ``dataset`` (or those at ``indices``), letterboxed as the
+    model is fed (:func:`letterboxed_for`), in original-image pixels (one dict per record, same
+    order; see :func:`predict_batches`)."""
     from fpn_lab.data.dataloaders import collate
 
+    dataset = letterboxed_for(model, dataset)
     indices = list(range(len(dataset))) if indices is None else list(indices)
 
     def batches():
@@ -78,6 +98,7 @@ def image_losses(model, dataset, indices: Sequence[int] | None = None) -> dict[i
     """
     from fpn_lab.data.dataloaders import collate
 
+    dataset = letterboxed_for(model, dataset)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -179,7 +200,7 @@ def predict_images(model, images: Sequence[np.ndarray | str | Path], *, image_si
     if on_error not in ON_ERROR:
         raise DataError(f"on_error must be 'raise' or 'skip'; got {on_error!r}. 'skip' returns an empty "
                         "prediction with an 'error' key for each image that cannot be used.")
-    letterbox = Letterbox(image_size, model.preset.pad_value, pad_position)
+    letterbox = Letterbox(image_size, model.pad_value, pad_position)
     out: list[dict | None] = [None] * len(images)
     predicted: list[int] = []  # input positions, in the order predict_batches returns them
 

@@ -257,7 +257,7 @@ class ModelType:
         else:
             raise DataError(f"learner(dls=...) takes [train_dl, valid_dl] or a fastai DataLoaders; got {dls!r}.")
         for dl in (train_dl, valid_dl):  # the model's own letterbox fill (the type's may differ per preset)
-            dl.dataset = for_model(dl.dataset, model.preset.pad_value)
+            dl.dataset = for_model(dl.dataset, model.pad_value)
         device = next(model.parameters()).device
         data = DataLoaders(train_dl, valid_dl, device=torch.device(device))
         data.n_inp = 1
@@ -278,10 +278,10 @@ class ModelType:
         detections scoring >= ``detection_threshold``; ``record`` (the ground truth), and
         ``image`` (``uint8[H, W, 3]``, the original image) when ``keep_images``.
         """
-        from fpn_lab.inference import predict_dataset
+        from fpn_lab.inference import letterboxed_for, predict_dataset
 
         _check_threshold(detection_threshold)
-        ds = _letterboxed(dataset, model)
+        ds = letterboxed_for(model, dataset)
         preds = predict_dataset(model, ds, batch_size=batch_size)
         return [_prediction(p, r, detection_threshold, ds.image(i) if keep_images else None)
                 for i, (p, r) in enumerate(zip(preds, ds.records))]
@@ -293,7 +293,7 @@ class ModelType:
         from fpn_lab.inference import predict_batches
 
         _check_threshold(detection_threshold)
-        ds = for_model(infer_dl.dataset, model.preset.pad_value)
+        ds = for_model(infer_dl.dataset, model.pad_value)
         if ds is not infer_dl.dataset:
             infer_dl.dataset = ds
         by_id = {r.record_id: (i, r) for i, r in enumerate(ds.records)}
@@ -355,7 +355,7 @@ class ModelType:
         check_image_array(img, "end2end_detect(img)")
         spec = getattr(transforms, "adapter_spec", None)
         letterbox = (transforms if spec is None or spec.pad_is_set
-                     else Letterbox(transforms.size, model.preset.pad_value, transforms.position))
+                     else Letterbox(transforms.size, model.pad_value, transforms.position))
         import torch
 
         boxed, _, g = letterbox(img)
@@ -389,14 +389,14 @@ class ModelType:
         Raises:
             ModelError: ``sort_by`` names no loss of this model.
         """
-        from fpn_lab.inference import image_losses
+        from fpn_lab.inference import image_losses, letterboxed_for
         from fpn_lab.viz.draw import show_results
 
         _check_threshold(detection_threshold)
         if batch_size != 1:
             raise ModelError("plot_top_losses computes each image's loss alone (batch_size=1); a batch's mmdet loss is "
                              "one number for all its images.")
-        ds = _letterboxed(dataset, model)
+        ds = letterboxed_for(model, dataset)
         rows = [(i, losses, pred) for i, (losses, pred) in image_losses(model, ds).items()]
         names = sorted(rows[0][1]) if rows else []
         if sort_by not in names:
@@ -467,19 +467,6 @@ models = Models()
 def _check_threshold(value) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
         raise ModelError(f"detection_threshold must be a score between 0 and 1; got {value!r}.")
-
-
-def _letterboxed(dataset, model):
-    """``dataset`` with its letterbox alone (a training dataset's augmentation left out), in the model's fill."""
-    from fpn_lab.data.dataloaders import Dataset
-    from fpn_lab.data.transforms import Augment
-    from fpn_lab.icevision.adapter import for_model
-
-    if isinstance(dataset.tfms, Augment):
-        view = Dataset(dataset.records, dataset.tfms.letterbox, cache_images=dataset.cache_images)
-        view._cache = dataset._cache
-        dataset = view
-    return for_model(dataset, model.preset.pad_value)
 
 
 def _prediction(pred: dict, record, threshold: float, image) -> dict:

@@ -85,6 +85,7 @@ def make_learner(dls, model, class_map, *, opt: str = "adam", wd: float = 0.01, 
     if not dist.is_main:  # rank 0 writes; the others' lr_find weights must not meet in one file
         path, checkpoint = None, None
     check_batch_for_batchnorm(model, dls.train.bs, _input_size(dls.train.dataset))
+    _feed_alike(model, dls)
     cbs = list(cbs)
     if opt == "recipe":
         opt_func, wd, wd_bn_bias, extra = recipe_settings(model.recipe)
@@ -175,6 +176,16 @@ def find_lr(learn: Learner, num_it: int = 30, show_plot: bool = True) -> float:
     if tmp_dir.is_dir() and not any(tmp_dir.iterdir()):
         tmp_dir.rmdir()  # lr_find kept its weights there and restored them: leave no empty folder
     return suggestion
+
+
+def _feed_alike(model, dls) -> None:
+    """The model's letterbox fill is the one it trains with; the validation loader (the per-epoch
+    metric) is letterboxed with it too (:func:`fpn_lab.inference.letterboxed_for`)."""
+    from fpn_lab.inference import letterboxed_for
+
+    tfms = dls.train.dataset.tfms
+    model.pad_value = getattr(tfms, "letterbox", tfms).pad_value
+    dls.valid.dataset = letterboxed_for(model, dls.valid.dataset)
 
 
 def _input_size(dataset) -> int:

@@ -123,6 +123,19 @@ class MMDetModel(nn.Module):
         super().__init__()
         self.detector, self.preset, self.cfg = detector, preset, cfg
         self.channels_last = False  # set by fpn_lab.models.build.place_model: inputs then go in NHWC too
+        self._pad_value: tuple[float, float, float] | None = None
+
+    @property
+    def pad_value(self) -> tuple[float, float, float]:
+        """The letterbox fill (RGB 0..255) this model is fed with: the one it was trained with
+        (set by :func:`~fpn_lab.learner.learner.make_learner`, kept in checkpoints), else the
+        preset's (114 grey for YOLOX, the ImageNet mean for VFNet and RetinaNet). Every path
+        that letterboxes images for it (evaluation, prediction, export) reads it here."""
+        return self._pad_value if self._pad_value is not None else tuple(float(v) for v in self.preset.pad_value)
+
+    @pad_value.setter
+    def pad_value(self, value) -> None:
+        self._pad_value = None if value is None else tuple(float(v) for v in value)
 
     @property
     def recipe(self):

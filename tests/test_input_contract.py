@@ -1,0 +1,95 @@
+"""The model carries its input contract: the letterbox fill it is fed with, and the class map with
+the source's category ids, through evaluation, prediction, the learner, checkpoints and ONNX."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import DATA
+from fpn_lab.core.class_map import ClassMap
+from fpn_lab.data.dataloaders import Dataset, collate, make_dataloaders
+from fpn_lab.data.parsers import VOCBBoxParser
+from fpn_lab.data.splits import SingleSplitSplitter
+from fpn_lab.data.transforms import resize_and_pad
+from fpn_lab.errors import ModelError
+from fpn_lab.inference import evaluate, predict_batches
+from fpn_lab.models.build import build_model
+from fpn_lab.runner.context import set_seed
+
+SIZE = 128
+
+
+@pytest.fixture(scope="module")
+def fridge():
+    parser = VOCBBoxParser(DATA / "fridge" / "annotations", DATA / "fridge" / "images")
+    records = parser.parse(SingleSplitSplitter())[0]
+    return parser.class_map, records
+
+
+@pytest.fixture(scope="module")
+def retinanet():
+    """RetinaNet R18 (fills with the ImageNet mean) with random head weights, so that its boxes
+    and scores depend on every pixel, the padding included (an untrained head scores all alike)."""
+    set_seed(0)
+    model = build_model("retinanet_r18_fpn_1x", num_classes=4).eval()
+    with torch.no_grad():
+        for p in model.head.parameters():
+            p.normal_(0, 0.05)
+    return model
+
+
+def _raw_predictions(model, dataset):
+    images, targets = collate([dataset[i] for i in range(len(dataset))])
+    return predict_batches(model, [(images, [t["geometry"] for t in targets])])
+
+
+def test_evaluation_feeds_the_models_fill_whatever_the_dataset_was_letterboxed_with(fridge, retinanet):
+    """The notebook's run.evaluate(model, valid_ds) predicted on valid_ds as letterboxed (IceVision's
+    Adapter default: 114 grey), while training and predict_images used the model's fill (the
+    ImageNet mean for VFNet and RetinaNet): metrics.json came from other pixels than training."""
+    class_map, records = fridge
+    grey = Dataset(records, resize_and_pad(SIZE))  # 114
+    own = Dataset(records, resize_and_pad(SIZE, retinanet.pad_value))
+    assert retinanet.pad_value != grey.tfms.pad_value
+    as_given, as_fed = _raw_predictions(retinanet, grey), _raw_predictions(retinanet, own)
+    assert any(len(a["scores"]) != len(b["scores"]) or not np.allclose(a["scores"], b["scores"])
+               for a, b in zip(as_given, as_fed))  # the fill changes the detections
+    _, from_grey = evaluate(retinanet, grey, class_map)
+    _, from_own = evaluate(retinanet, own, class_map)
+    assert from_grey and from_grey == from_own
+
+
+def test_learner_takes_the_training_fill_and_validates_with_it(fridge, retinanet):
+    from fpn_lab.learner.learner import make_learner
+
+    class_map, records = fridge
+    train = Dataset(records[:4], resize_and_pad(SIZE, retinanet.pad_value))
+    valid = Dataset(records[4:], resize_and_pad(SIZE))  # 114: not what the model trains with
+    dls = make_dataloaders(train, valid, 2)
+    make_learner(dls, retinanet, class_map)
+    assert dls.valid.dataset.tfms.pad_value == retinanet.pad_value == train.tfms.pad_value
+    assert dls.valid.dataset.records == valid.records
+
+
+def test_checkpoint_and_onnx_keep_the_fill_and_the_sources_category_ids(fridge, tmp_path):
+    """Checkpoints and ONNX metadata kept class names only: a COCO model with category ids
+    [0, 3, 7, 12] wrote ids 1..4 after reloading or exporting."""
+    from fpn_lab.checkpoint import load_checkpoint, save_checkpoint
+    from fpn_lab.export import OnnxDetector, export_onnx
+
+    names, records = fridge
+    class_map = ClassMap(names.names, [0, 3, 7, 12])
+    model = build_model("yolox_tiny_pafpn_300e", num_classes=4)
+    model.pad_value = (10.0, 20.0, 30.0)  # as make_learner sets it from a training set letterboxed so
+    path = save_checkpoint(tmp_path / "m.pth", model, class_map, image_size=SIZE)
+    reloaded, info = load_checkpoint(path)
+    assert info["class_map"].category_ids == [0, 3, 7, 12] and info["class_map"].names == class_map.names
+    assert reloaded.pad_value == (10.0, 20.0, 30.0)
+    load_checkpoint(path, class_map=class_map)  # the same map: accepted
+    with pytest.raises(ModelError, match=r"category ids \[0, 3, 7, 12\]"):
+        load_checkpoint(path, class_map=ClassMap(names.names))
+    export_onnx(reloaded, SIZE, tmp_path / "m.onnx", class_names=info["class_map"])
+    detector = OnnxDetector(tmp_path / "m.onnx")
+    assert detector.class_map.category_ids == [0, 3, 7, 12] and detector.pad_value == (10.0, 20.0, 30.0)
