@@ -62,7 +62,7 @@ def test_batch_with_a_failing_run(batch):
     assert rows["smoke_a"]["AP_small"] == ("" if small is None else str(small))
 
 
-def _fake_run(started: threading.Barrier):
+def _fake_run(started: threading.Barrier, exit_code: int = 0):
     """A stand-in for ``subprocess.run`` of ``fpn-lab run``: makes the run folder the command names
     (``--run-dir``, or ``--runs-dir``/``run_name`` as before), waits until the other run has made
     its folder too, then writes a ``metrics.json`` carrying its own params file's values. Other
@@ -82,7 +82,7 @@ def _fake_run(started: threading.Barrier):
         run_dir.mkdir(parents=True, exist_ok=True)
         started.wait()
         (run_dir / "metrics.json").write_text(json.dumps({"status": "ok", "params": {**params, **sets}}))
-        return subprocess.CompletedProcess(cmd, 0)
+        return subprocess.CompletedProcess(cmd, exit_code)
 
     return run
 
@@ -101,6 +101,18 @@ def test_parallel_runs_each_read_their_own_folder(tmp_path, monkeypatch):
     assert code == 0 and rows["a"]["status"] == rows["b"]["status"] == "ok"
     assert (rows["a"]["image_size"], rows["a"]["seed"]) == ("64", "1")
     assert (rows["b"]["image_size"], rows["b"]["seed"]) == ("96", "2")
+
+
+def test_a_run_that_exits_non_zero_is_failed_whatever_its_metrics_say(tmp_path, monkeypatch):
+    """The batch took a run's status from its metrics.json alone: a run killed after writing
+    'ok' (or whose command failed later) was an ok row and the batch exited 0."""
+    (tmp_path / "a.yaml").write_text("selection: yolox_tiny_pafpn_300e\ndata_dir: data/fridge\nsplit: random\n"
+                                     "image_size: 64\n")
+    monkeypatch.setattr(batch_module.subprocess, "run", _fake_run(threading.Barrier(1, timeout=60), exit_code=1))
+    batch_dir, code = batch_module.run_batch([tmp_path / "a.yaml"], name="x", runs_dir=tmp_path / "runs", echo=False)
+    (row,) = csv.DictReader(open(batch_dir / "comparison.csv"))
+    assert code == 1 and row["status"] == "failed"
+    assert "exited with code 1 although its metrics.json says ok" in row["error"]
 
 
 def test_relative_params_paths_work_from_any_folder(tmp_path, monkeypatch):

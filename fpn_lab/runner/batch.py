@@ -58,9 +58,10 @@ def params_notebook(params_file: Path) -> Path:
     return project_path("notebooks") / name
 
 
-def _run_one(params: Path, batch_dir: Path, overrides: list[str], threads: int, timeout: float | None) -> Path | None:
-    """Run ``params`` as ``fpn-lab run --run-dir batch_dir/<stem>``; return that folder, or ``None``
-    when the run never made it.
+def _run_one(params: Path, batch_dir: Path, overrides: list[str], threads: int,
+             timeout: float | None) -> tuple[Path | None, int | None]:
+    """Run ``params`` as ``fpn-lab run --run-dir batch_dir/<stem>``; return that folder (``None``
+    when the run never made it) and the command's exit code (``None`` when it timed out).
 
     The folder is named here, not found afterwards: with ``--jobs`` above 1 other runs create
     folders in ``batch_dir`` at the same time. ``batch_dir`` is new and stems are distinct, so
@@ -75,10 +76,12 @@ def _run_one(params: Path, batch_dir: Path, overrides: list[str], threads: int, 
     log = batch_dir / f"{params.stem}.batch.log"
     with open(log, "w") as fh:
         try:
-            subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=project_path("."), timeout=timeout)
+            code = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=project_path("."),
+                                  timeout=timeout).returncode
         except subprocess.TimeoutExpired:
             fh.write(f"\n[fpn-lab batch] timed out after {timeout} s\n")
-    return run_dir if run_dir.is_dir() else None
+            code = None
+    return (run_dir if run_dir.is_dir() else None), code
 
 
 def _failed_step(run_dir: Path, cell_index) -> str:
@@ -96,12 +99,18 @@ def _failed_step(run_dir: Path, cell_index) -> str:
     return heading
 
 
-def _row(name: str, run_dir: Path | None) -> dict:
+def _row(name: str, run_dir: Path | None, exit_code: int | None = 0) -> dict:
+    """The comparison row of one run: from its ``metrics.json``, failed unless that says ok and
+    the run's command exited 0 (a run killed after writing its metrics, or timed out, failed)."""
     row = dict.fromkeys(COLUMNS, "")
     row["run"] = name
     m = {}
     if run_dir is not None and (run_dir / "metrics.json").is_file():
         m = json.loads((run_dir / "metrics.json").read_text())
+    if m.get("status") == "ok" and exit_code != 0:
+        how = "timed out" if exit_code is None else f"exited with code {exit_code}"
+        m = {**m, "status": "failed", "error": {"ename": "RunFailed", "evalue": f"the run {how} although its "
+                                                "metrics.json says ok; see its .batch.log"}}
     p = m.get("params", {})
     row.update(status=m.get("status", "failed"), preset=m.get("preset", p.get("selection", "")),
                image_size=p.get("image_size", ""), epochs=p.get("epochs", ""), seed=p.get("seed", ""),
@@ -261,7 +270,7 @@ def run_batch(params_files, *, jobs: int = 1, name: str | None = None, overrides
             row = _row(p.stem, None)
             row.update(error=f"ParamsError: {e}", failed_step="parameters (checked before the run)")
         else:
-            row = _row(p.stem, _run_one(p, batch_dir, list(overrides), threads, timeout))
+            row = _row(p.stem, *_run_one(p, batch_dir, list(overrides), threads, timeout))
         if echo:
             print(f"[fpn-lab batch] {row['status']:6s} {p.stem} AP={row['AP']} +{time.perf_counter() - t0:.0f}s", flush=True)
         return row
