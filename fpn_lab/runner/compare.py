@@ -139,13 +139,18 @@ def neck_table(runs: Sequence[dict], baseline: str = "") -> list[dict]:
         ``"n/a (< 2 seeds)"`` for AP. The baseline row comes first, then the others by name.
 
     Raises:
-        ParamsError: a run failed, the runs differ in more than the neck and seed, two runs of one
-            neck share a seed, or ``baseline`` names no neck in ``runs``.
+        ParamsError: a run failed or has no AP, the runs differ in more than the neck and seed, two
+            runs of one neck share a seed, or ``baseline`` names no neck in ``runs``.
     """
     failed = [m["_source"] if "_source" in m else m.get("params", {}).get("run_name") for m in runs
               if m.get("status") != "ok"]
     if failed:
         raise ParamsError(f"cannot compare runs that did not finish ok: {failed}; rerun them or leave them out.")
+    no_ap = [m["_source"] if "_source" in m else m.get("params", {}).get("run_name") for m in runs
+             if not isinstance(m.get("metrics", {}).get("AP"), (int, float)) or math.isnan(m["metrics"]["AP"])]
+    if no_ap:
+        raise ParamsError(f"runs without an AP (nan: nothing was scored) cannot be compared: {no_ap}; their seeds would "
+                          "drop out of the mean while still counted. Rerun them or leave them out.")
     diff = _differences(list(runs))
     if diff:
         raise ParamsError(f"the runs differ in {diff}, not only in the neck and seed: a comparison of necks needs one "
