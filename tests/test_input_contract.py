@@ -93,3 +93,18 @@ def test_checkpoint_and_onnx_keep_the_fill_and_the_sources_category_ids(fridge, 
     export_onnx(reloaded, SIZE, tmp_path / "m.onnx", class_names=info["class_map"])
     detector = OnnxDetector(tmp_path / "m.onnx")
     assert detector.class_map.category_ids == [0, 3, 7, 12] and detector.pad_value == (10.0, 20.0, 30.0)
+
+
+def test_run_evaluate_refuses_a_validation_split_without_a_scored_box(fridge, retinanet, tmp_path):
+    """A validation split with no scored box gave all-NaN metrics and status: ok."""
+    import dataclasses
+
+    from fpn_lab.errors import DataError
+    from fpn_lab.runner.context import Run
+
+    class_map, records = fridge
+    difficult = [dataclasses.replace(r, difficult=np.ones(len(r.boxes), bool)) for r in records[:2]]
+    run = Run({}, run_dir=tmp_path / "r")
+    with pytest.raises(DataError, match="no ground-truth box to score"):
+        run.evaluate(retinanet, Dataset(difficult, resize_and_pad(SIZE)), class_map)
+    assert run.result is None and not (tmp_path / "r" / "predictions.json").exists()

@@ -302,10 +302,22 @@ class Run:
         """COCO evaluation of ``model`` on ``dataset`` (:func:`~fpn_lab.inference.evaluate`),
         timed as ``evaluation``; writes ``predictions.json`` (COCO results, the dataset's own ids)
         and ``ground_truth.json`` (what they were scored against) and keeps the result for
-        :meth:`finish`. Returns the result dict (``AP``, ``AP50``, ... ``per_class_AP``)."""
+        :meth:`finish`. Returns the result dict (``AP``, ``AP50``, ... ``per_class_AP``).
+
+        Raises:
+            DataError: ``dataset`` holds no scored ground-truth box (none at all, or only crowd
+                or difficult ones): there is nothing to compute AP on, and a run must not end
+                'ok' with NaN metrics.
+        """
+        from fpn_lab.errors import DataError
         from fpn_lab.inference import evaluation
         from fpn_lab.metrics.coco import records_to_coco
 
+        scored = sum(int((~(r.iscrowd | r.difficult)).sum()) for r in dataset.records)
+        if not scored:
+            raise DataError(f"run.evaluate: the validation split has no ground-truth box to score ({len(dataset)} images; "
+                            "every box missing, crowd or difficult), so AP cannot be computed. Fix: validate on images "
+                            "with annotated boxes (check the split and the annotations' difficult/iscrowd flags).")
         with self.phase("evaluation"):
             result, detections, ev = evaluation(model, dataset, class_map)  # sharded under torchrun
         if self.dist.is_main:
