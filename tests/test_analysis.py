@@ -149,3 +149,20 @@ def test_auto_threshold_suggests_nothing_when_every_f1_is_zero():
     assert math.isnan(an.best_threshold) and an.best_mean_f1 == 0.0 and an.score_threshold == 0.5
     assert an.as_dict()["best_threshold"] == {"score": None, "mean_F1": 0.0}
     assert an.confusion[3, :3].tolist() == [1, 0, 0]  # the score-0.9 detection is a false positive at 0.5
+
+
+def test_a_wrong_class_box_with_a_higher_iou_does_not_take_a_box_found_by_its_class():
+    """The confusion matrix matched regardless of class: a wrong-class detection with a higher IoU
+    took the box, the right detection became background, while the same analysis reported that
+    class's precision and recall as 1.0."""
+    rec = Record(1, "x.png", 100, 100, [[10, 10, 50, 50]], [0])
+    dets = [_det(1, 1, (10, 10, 50, 52), 0.9),   # class b, IoU 0.95
+            _det(1, 0, (10, 10, 50, 62), 0.8)]   # class a (right), IoU 0.77
+    result, ev = coco_evaluation([rec], dets, NAMES)
+    an = analyse([rec], dets, NAMES, result, ev, score_threshold=0.5)
+    j = int(np.argmin(np.abs(an.thresholds - 0.5)))
+    assert an.precision[0, j] == 1.0 and an.recall[0, j] == 1.0  # COCO's own matching: a found
+    assert an.confusion[0].tolist() == [1, 0, 0, 0]  # a -> a, not a -> b
+    assert an.confusion[3].tolist() == [0, 1, 0, 0]  # the b detection is on background
+    (img,) = an.images
+    assert img.tp == [(0, 1)] and img.wrong_class == [] and img.fp == [0] and img.fn == []

@@ -16,10 +16,13 @@ Sources of each number:
   ``P = TP(s >= t) / D(s >= t)``, ``R = TP(s >= t) / G``, ``F1 = 2PR / (P + R)`` (0 where no
   detection scores ``>= t``). The suggested threshold maximises the mean F1 over the classes that
   have ground truth (the rule Ultralytics reports for its F1 curve).
-* **Confusion matrix** at IoU 0.5 and a score threshold: a second, class-agnostic matching is
-  needed, since COCO matches within each class only. Per image, detections scoring ``>= t`` and
-  scored ground-truth boxes are paired greedily by IoU, highest first, one to one, pairs with
-  IoU ``>= 0.5``; a pair adds one to ``[true class, predicted class]``, an unpaired box to
+* **Confusion matrix** at IoU 0.5 and a score threshold: a second matching that also pairs boxes
+  across classes is needed, since COCO matches within each class only. Per image, detections
+  scoring ``>= t`` and scored ground-truth boxes are paired greedily by IoU, highest first, one to
+  one, pairs with IoU ``>= 0.5``: first within each class (the pairs the metric counts as true
+  positives, so a wrong-class box with a higher IoU cannot take a box that a right-class detection
+  found), then the boxes and detections left over across classes. A pair adds one to
+  ``[true class, predicted class]``, an unpaired box to
   ``[true class, background]``, an unpaired detection to ``[background, predicted class]``. A
   detection left unpaired that covers a crowd or difficult box (pycocotools' crowd IoU ``>= 0.5``)
   is not counted, as the metric ignores it. Ultralytics' ``ConfusionMatrix`` follows the same idea.
@@ -222,13 +225,14 @@ def _box_iou(a: np.ndarray, b: np.ndarray, crowd: np.ndarray | None = None) -> n
     return np.asarray(mask_utils.iou(xywh(a), xywh(b), flags)).reshape(len(a), len(b))
 
 
-def match_image(gt_boxes, gt_ignore, boxes, iou: float = IOU):
-    """Class-agnostic greedy matching of one image (the module docstring's rule).
+def match_image(gt_boxes, gt_ignore, boxes, iou: float = IOU, gt_labels=None, labels=None):
+    """Greedy matching of one image (the module docstring's rule).
 
     Args:
         gt_boxes: ``float[G, 4]`` xyxy; gt_ignore: ``bool[G]`` (crowd / difficult); boxes:
-            ``float[D, 4]`` detections already cut at the score threshold. Classes play no part:
-            the caller compares them.
+            ``float[D, 4]`` detections already cut at the score threshold.
+        gt_labels, labels: ``int[G]`` and ``int[D]``: pairs within a class are made first, then
+            across classes among what is left; ``None``: classes play no part.
 
     Returns:
         ``(pairs, unpaired_gt, unpaired_det)``: ``(g, d)`` pairs with IoU >= ``iou``; scored
@@ -239,8 +243,13 @@ def match_image(gt_boxes, gt_ignore, boxes, iou: float = IOU):
     scored = np.flatnonzero(~np.asarray(gt_ignore, bool))
     ignored = np.flatnonzero(np.asarray(gt_ignore, bool))
     ious = _box_iou(boxes, gt_boxes[scored])  # [D, G scored]
+    candidates = sorted(zip(*np.nonzero(ious >= iou)), key=lambda dg: -ious[dg[0], dg[1]])
+    if gt_labels is not None and labels is not None:
+        gl, dl = np.asarray(gt_labels)[scored], np.asarray(labels)
+        same = [(d, g) for d, g in candidates if dl[d] == gl[g]]
+        candidates = same + [(d, g) for d, g in candidates if dl[d] != gl[g]]
     pairs, used_d, used_g = [], set(), set()
-    for d, g in sorted(zip(*np.nonzero(ious >= iou)), key=lambda dg: -ious[dg[0], dg[1]]):
+    for d, g in candidates:
         if d not in used_d and g not in used_g:
             used_d.add(d)
             used_g.add(g)
@@ -300,7 +309,7 @@ def analyse(records: Sequence[Record], detections: list[dict], class_map, result
         labels = np.array([label_of[d["category_id"]] for d in dets], np.int64)
         scores = np.array([d["score"] for d in dets], np.float32)
         ignore = r.iscrowd | r.difficult
-        pairs, fn, fp = match_image(r.boxes, ignore, boxes)
+        pairs, fn, fp = match_image(r.boxes, ignore, boxes, gt_labels=r.labels, labels=labels)
         e = ImageErrors(index=i, image_id=r.image_id, gt_boxes=r.boxes, gt_labels=r.labels, boxes=boxes, labels=labels,
                         scores=scores, fp=fp, fn=fn)
         for g, d in pairs:
