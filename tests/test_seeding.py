@@ -51,3 +51,28 @@ def test_draws_before_training_do_not_change_the_batches(records):
 
 def test_workers_are_seeded_too(records):
     assert _same(_epochs(records, 7, n_epochs=1, num_workers=2), _epochs(records, 7, n_epochs=1, num_workers=2))
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_each_process_of_a_group_augments_its_own_way(records, num_workers):
+    """Under torchrun every rank seeds torch alike, and loader workers took their augmentation
+    seed from torch's global generator: with num_workers > 0 every process drew the same
+    augmentation. Here both ranks' shards hold the same picture (one image under 8 ids), so equal
+    seeds would give equal batches."""
+    import dataclasses
+
+    same_picture = [dataclasses.replace(records[0], record_id=k, image_id=k) for k in range(8)]
+
+    def first_batch(rank):
+        set_seed(11)  # as every process of a group does
+        dls = make_dataloaders(Dataset(same_picture, aug_tfms(64)), Dataset(same_picture, resize_and_pad(64)), 2,
+                               num_workers=num_workers, seed=11)
+        dls.train.set_shard(rank, 2)
+        try:
+            return next(iter(dls.train))[0].clone()
+        finally:
+            if num_workers:
+                dls.train.fake_l._iterator = None
+
+    assert torch.equal(first_batch(0), first_batch(0))  # one rank: reproducible
+    assert not torch.equal(first_batch(0), first_batch(1))

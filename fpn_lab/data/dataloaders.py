@@ -178,8 +178,12 @@ class DetectionDataLoader(DataLoader):
         tfms = getattr(self.dataset, "tfms", None)
         if isinstance(tfms, Augment):
             seed = self.rng.getrandbits(32)  # drawn alike in every rank: the shuffle orders stay in step
-            rank = self._shard[0] if self._shard else 0
-            tfms.reseed((seed + rank * 0x9E3779B1) % 2**32)
+            tfms.reseed(self._per_rank(seed))
+
+    def _per_rank(self, seed: int) -> int:
+        """``seed`` made distinct per process of a process group (each rank augments its own way)."""
+        rank = self._shard[0] if self._shard else 0
+        return (seed + rank * 0x9E3779B1) % 2**32
 
     def wif(self):
         from torch.utils.data import get_worker_info
@@ -187,7 +191,8 @@ class DetectionDataLoader(DataLoader):
         tfms = getattr(self.dataset, "tfms", None)
         info = get_worker_info()
         if isinstance(tfms, Augment) and info is not None:
-            tfms.reseed(info.seed)
+            # torch draws the workers' seeds from its global generator, seeded alike in every rank
+            tfms.reseed(self._per_rank(info.seed))
 
 
 def make_dataloader(dataset: Dataset, batch_size: int, *, shuffle: bool, drop_last: bool, num_workers: int = 0,
