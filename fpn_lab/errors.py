@@ -41,6 +41,11 @@ class WeightsUnavailableError(ModelError):
     """Pretrained weights could not be downloaded or found locally."""
 
 
+class MissingExtraError(FpnLabError):
+    """An optional feature whose packages are not installed; the message names the extra of
+    ``pyproject.toml`` that installs them (:mod:`fpn_lab.extras`)."""
+
+
 class TrainingError(RuntimeError):
     """Training cannot go on (non-finite loss); the message names epoch, batch and learning rate."""
 

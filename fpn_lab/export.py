@@ -26,6 +26,7 @@ import numpy as np
 
 from fpn_lab.core.class_map import ClassMap
 from fpn_lab.errors import ModelError, ParamsError
+from fpn_lab.extras import require
 
 #: ONNX opset of the export: 19 is the first with ``DeformConv`` (VFNet's head).
 DEFAULT_OPSET = 19
@@ -92,7 +93,9 @@ def export_onnx(model, image_size: int, path: str | Path, *, class_names, opset:
             cannot be exported, an ``image_size`` below the neck's minimum, or the exporter failed
             (its message kept).
         ParamsError: a bad ``image_size`` or ``opset``.
+        MissingExtraError: onnx, onnxscript or onnxruntime is not installed (the ``export`` extra).
     """
+    require("export", "export_onnx", "onnx", "onnxscript", "onnxruntime")
     import onnx
     import torch
 
@@ -278,6 +281,7 @@ class OnnxDetector:
     """
 
     def __init__(self, path: str | Path, *, num_threads: int = 0):
+        require("export", "OnnxDetector", "onnxruntime")
         import onnxruntime as ort
 
         from fpn_lab.mmdet_adapter.wrapper import build_detector_from_config

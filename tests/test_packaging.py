@@ -1,4 +1,5 @@
-"""pyproject.toml declares every third-party package that fpn_lab imports."""
+"""pyproject.toml declares every third-party package that fpn_lab imports (as a dependency or in an
+extra), mmcv as mmcv-lite, and a missing extra is an error naming it."""
 
 from __future__ import annotations
 
@@ -26,9 +27,16 @@ def _norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def _declared(with_extras: bool = True) -> set[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = list(project["dependencies"])
+    if with_extras:
+        reqs += [d for extra in project["optional-dependencies"].values() for d in extra]
+    return {_norm(re.split(r"[<>=!~ ;\[]", d, maxsplit=1)[0]) for d in reqs}
+
+
 def test_every_imported_package_is_a_declared_dependency():
-    declared = {_norm(re.split(r"[<>=!~ ;\[]", d, maxsplit=1)[0])
-                for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    declared = _declared()
     dists = packages_distributions()
     missing = {}
     for module in sorted(_imported_top_level_modules()):
@@ -36,3 +44,31 @@ def test_every_imported_package_is_a_declared_dependency():
         if not providers & declared:
             missing[module] = sorted(providers) or ["(not installed)"]
     assert not missing, f"imported by fpn_lab but not in pyproject.toml's dependencies: {missing}"
+
+
+def test_the_default_install_has_mmcv_lite_and_the_extras_hold_the_optional_features():
+    core = _declared(with_extras=False)
+    assert "mmcv-lite" in core and "mmcv" not in core  # no compiler needed: mmcv's operators come from fpn_lab
+    assert not {"mlflow", "tensorboard", "onnx", "onnxruntime", "jupyterlab", "pytest"} & core
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert {"tracking", "export", "notebook", "dev"} <= set(extras)
+
+
+def test_a_missing_extra_is_an_error_naming_it(monkeypatch):
+    import importlib.util
+
+    import pytest
+
+    from fpn_lab.errors import MissingExtraError, ParamsError
+    from fpn_lab.export import OnnxDetector
+    from fpn_lab.runner.params import validate_params
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("mlflow", "onnxruntime") else real(name, *a))
+    with pytest.raises(MissingExtraError, match=r"track: mlflow needs mlflow.*pip install 'fpn_lab\[tracking\]'"):
+        validate_params({"track": "mlflow"}, ROOT / "notebooks" / "getting_started.ipynb")
+    with pytest.raises(MissingExtraError, match=r"OnnxDetector needs onnxruntime.*fpn_lab\[export\]"):
+        OnnxDetector(ROOT / "missing.onnx")
+    with pytest.raises(ParamsError):
+        validate_params({"track": "wandb"}, ROOT / "notebooks" / "getting_started.ipynb")

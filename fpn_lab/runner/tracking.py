@@ -34,8 +34,18 @@ FIGURES = ("curves.png", "confusion_matrix.png")
 
 
 def check_track(value) -> str:
+    """``value`` if it names a tracker whose packages are installed.
+
+    Raises:
+        ParamsError: an unknown tracker.
+        MissingExtraError: the tracker's package is not installed (the ``tracking`` extra).
+    """
+    from fpn_lab.extras import require
+
     if value not in TRACKERS:
         raise ParamsError(f"track: {value!r} is not one of {list(TRACKERS)}.")
+    if value != "none":
+        require("tracking", f"track: {value}", value)
     return value
 
 
