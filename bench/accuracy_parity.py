@@ -224,6 +224,8 @@ def mmdet_config(args, class_map, train_json, valid_json, work_dir):
 
 def run_mmdet(args, class_map, train_records, valid_records):
     from fastai.callback.schedule import combined_cos
+
+    import fpn_lab.mmdet_adapter  # noqa: F401  (mmcv's operators under mmcv-lite, before mmdet imports mmcv.ops)
     from mmengine.hooks import Hook
     from mmengine.runner import Runner
 

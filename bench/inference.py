@@ -51,6 +51,8 @@ def side_fpn_lab(args, paths):
 
 def side_mmdet(args, paths):
     import torch
+
+    import fpn_lab.mmdet_adapter  # noqa: F401  (mmcv's operators under mmcv-lite, before mmdet imports mmcv.ops)
     from mmdet.apis import DetInferencer
     from mmengine.config import Config
 

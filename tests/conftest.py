@@ -10,6 +10,10 @@ import pytest
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+# as every fpn_lab process does before mmdet: under mmcv-lite, mmcv's operators come from fpn_lab
+# (tests that import mmdet or mmcv.ops themselves rely on it)
+import fpn_lab.mmdet_adapter  # noqa: E402,F401
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
 CASES = Path(__file__).parent / "data" / "cases"  # copies of ../shared/cases, so they run everywhere

@@ -81,7 +81,7 @@ def _plan(**env):
 
 @pytest.mark.skipif(not (ROOT / ".venv" / "bin" / "python").exists(), reason="needs the set-up's .venv")
 def test_setup_gpu_branch_builds_for_that_gpu_only():
-    out = _plan(FPN_LAB_ASSUME_GPU="9.0", PATH=os.environ["PATH"])
+    out = _plan(FPN_LAB_ASSUME_GPU="9.0", PATH=os.environ["PATH"], FPN_LAB_MMCV="compiled")
     import shutil
 
     if shutil.which("nvcc"):
@@ -98,9 +98,18 @@ def test_setup_without_gpu_plans_cpu_ops():
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    out = _plan()
+    out = _plan(FPN_LAB_MMCV="compiled")
     assert "no GPU seen by torch: mmcv with CPU ops" in out
     assert "ops=cpu arch=none" in out and out.rstrip().endswith("-cpu")
+
+
+@pytest.mark.skipif(not (ROOT / ".venv" / "bin" / "python").exists(), reason="needs the set-up's .venv")
+def test_setup_default_is_mmcv_lite_without_a_compiler_or_cache():
+    out = _plan(FPN_LAB_ASSUME_GPU="9.0")  # with or without a GPU: nothing to compile
+    assert "plan: mmcv=lite" in out and "no compiler" in out and "cache=" not in out
+    proc = subprocess.run(["bash", "scripts/setup.sh"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "FPN_LAB_SETUP_PLAN": "1", "FPN_LAB_MMCV": "fast"})
+    assert proc.returncode == 2 and "FPN_LAB_MMCV=fast is not understood" in proc.stderr
 
 
 def test_gpu_check_script_parses():

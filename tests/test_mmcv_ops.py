@@ -397,6 +397,9 @@ def test_model_with_unprovided_layer_refused_naming_preset_and_layer():
     with pytest.raises(OpNotAvailableError, match=r"preset 'my_preset'.*1 \(CARAFEPack\)"):
         check_model(model, "my_preset")
     check_model(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1)), "plain")  # nothing of mmcv: accepted
+    from mmcv.ops.merge_cells import SumCell
+
+    check_model(torch.nn.Sequential(SumCell(4, 4)), "nas-fpn cells")  # mmcv layers written in PyTorch: accepted
 
 
 def test_unknown_env_value_refused(monkeypatch):
@@ -406,3 +409,14 @@ def test_unknown_env_value_refused(monkeypatch):
     monkeypatch.delitem(sys.modules, "mmcv._ext")  # restored after the test
     with pytest.raises(ModelError, match="FPN_LAB_MMCV='fast'"):
         mmcv_ext.install()
+
+
+def test_import_machinery_sees_the_stand_in_as_a_module_without_compiled_layers():
+    """mmengine's Runner asks pkgutil.find_loader('mmcv._ext') (mmcv_full_available); a module
+    without a spec made that raise, so mmdet's own trainer could not start."""
+    import importlib.util
+
+    from mmengine.utils.dl_utils import mmcv_full_available
+
+    assert importlib.util.find_spec("mmcv._ext") is not None
+    assert mmcv_full_available() is False  # mmcv's other compiled layers (SyncBatchNorm...) are not there

@@ -19,6 +19,7 @@ The choice, by the environment variable ``FPN_LAB_MMCV``:
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.util
 import os
 import sys
@@ -128,3 +129,6 @@ class _Ext(types.ModuleType):
 
 #: The module :func:`install` registers as ``mmcv._ext``.
 EXT = _Ext("mmcv._ext", "mmcv's compiled operators on torchvision's kernels (fpn_lab.mmdet_adapter.mmcv_ops)")
+# A spec without a loader: importlib.util.find_spec works on it, and mmengine's mmcv_full_available()
+# (pkgutil.find_loader) says False, as it should: mmcv's other compiled layers (SyncBatchNorm...) are absent.
+EXT.__spec__ = importlib.machinery.ModuleSpec("mmcv._ext", None, origin="fpn_lab.mmdet_adapter.mmcv_ops")

@@ -23,6 +23,8 @@ convolution layers (:mod:`~fpn_lab.mmdet_adapter.onnx_ops`).
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from fpn_lab.errors import ModelError, OpNotAvailableError
@@ -261,8 +263,11 @@ PROVIDED_LAYERS = ("DeformConv2d", "DeformConv2dPack", "ModulatedDeformConv2d", 
 
 
 def check_model(module: torch.nn.Module, preset_name: str) -> None:
-    """Refuse a model holding mmcv layers whose operators this module does not provide (nothing is
-    refused where mmcv's compiled extension is in use).
+    """Refuse a model holding mmcv layers whose operators this module does not provide: layers of
+    an ``mmcv.ops`` module that loads the compiled extension, other than :data:`PROVIDED_LAYERS`
+    (layers written in PyTorch, such as NAS-FPN's merge cells, pass). Nothing is refused where
+    mmcv's compiled extension is in use; a function of the extension that a layer reaches anyway
+    raises :class:`~fpn_lab.errors.OpNotAvailableError` when called.
 
     Raises:
         OpNotAvailableError: names the preset and each such layer (name and class).
@@ -272,7 +277,8 @@ def check_model(module: torch.nn.Module, preset_name: str) -> None:
     if ops_path() != "torchvision":
         return
     missing = [(n, type(m).__name__) for n, m in module.named_modules()
-               if type(m).__module__.startswith("mmcv.ops") and type(m).__name__ not in PROVIDED_LAYERS]
+               if type(m).__module__.startswith("mmcv.ops") and type(m).__name__ not in PROVIDED_LAYERS
+               and hasattr(sys.modules[type(m).__module__], "ext_module")]
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         listed = ", ".join(f"{n} ({c})" for n, c in missing[:5]) + more
