@@ -122,7 +122,7 @@ def run_losses(steps: int) -> dict:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 35.0)
             opt.step()
             secs.append(time.perf_counter() - t)
-            losses.append(float(out["loss"]))
+            losses.append(out["loss"].item())
         result[name] = {"losses": losses, "s_per_step": round(statistics.median(secs[1:]), 3)}
         print(f"  {name}: loss {losses[0]:.4f} -> {losses[-1]:.4f}, {result[name]['s_per_step']:.3f} s/step", flush=True)
     return result

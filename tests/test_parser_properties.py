@@ -92,3 +92,51 @@ def test_coco_mutations(images, tmp_path_factory, anns, cats, image_id):
         check(COCOBBoxParser(d / "a.json", images).parse(SingleSplitSplitter())[0])
     except DataError:
         pass
+
+
+# The mutation tests above accept a DataError for any input, so a parser that refused everything
+# would pass them; well-formed inputs must parse, box for box.
+valid_boxes = st.lists(st.tuples(st.sampled_from(["cat", "dog"]), st.floats(0, W - 2), st.floats(0, H - 2),
+                                 st.floats(1, W), st.floats(1, H)), min_size=0, max_size=5)
+
+
+def _inside(x0, y0, x1, y1):
+    """A box with x0 < x1 <= W and y0 < y1 <= H from four numbers."""
+    x1, y1 = min(W, max(x1, x0 + 1)), min(H, max(y1, y0 + 1))
+    return round(x0, 2), round(y0, 2), round(x1, 2), round(y1, 2)
+
+
+@SETTINGS
+@given(boxes=valid_boxes)
+def test_well_formed_voc_parses_box_for_box(images, tmp_path_factory, boxes):
+    d = tmp_path_factory.mktemp("vocok")
+    objs = [(n, _inside(*c)) for n, *c in boxes]
+    body = "".join(voc_object(n, [str(v) for v in c], None) for n, c in objs)
+    (d / "a.xml").write_text(f"<annotation><filename>a.png</filename><size><width>{W}</width><height>{H}</height>"
+                             f"</size>{body}</annotation>")
+    parser = VOCBBoxParser(d, images, class_map=["cat", "dog"])
+    (records,) = parser.parse(SingleSplitSplitter())
+    check(records)
+    (r,) = records
+    np.testing.assert_allclose(r.boxes, np.array([c for _, c in objs], np.float32).reshape(-1, 4), atol=1e-4)
+    assert r.labels.tolist() == [["cat", "dog"].index(n) for n, _ in objs]
+
+
+@SETTINGS
+@given(boxes=valid_boxes, image_id=st.sampled_from([0, 1, "img-1"]))
+def test_well_formed_coco_parses_box_for_box(images, tmp_path_factory, boxes, image_id):
+    d = tmp_path_factory.mktemp("cocook")
+    objs = [(n, _inside(*c)) for n, *c in boxes]
+    anns = [{"id": k + 1, "image_id": image_id, "category_id": {"cat": 3, "dog": 0}[n],
+             "bbox": [x0, y0, x1 - x0, y1 - y0], "iscrowd": 0} for k, (n, (x0, y0, x1, y1)) in enumerate(objs)]
+    data = {"images": [{"id": image_id, "file_name": "a.png", "width": W, "height": H}], "annotations": anns,
+            "categories": [{"id": 3, "name": "cat"}, {"id": 0, "name": "dog"}]}
+    (d / "a.json").write_text(json.dumps(data))
+    parser = COCOBBoxParser(d / "a.json", images)
+    (records,) = parser.parse(SingleSplitSplitter())
+    check(records)
+    (r,) = records
+    assert r.image_id == image_id
+    np.testing.assert_allclose(r.boxes, np.array([c for _, c in objs], np.float32).reshape(-1, 4), atol=1e-3)
+    names = parser.class_map.names
+    assert [names[k] for k in r.labels] == [n for n, _ in objs]
