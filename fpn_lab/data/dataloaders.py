@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -12,8 +13,28 @@ from fastai.data.load import DataLoader
 
 from fpn_lab.core.records import Record
 from fpn_lab.data.images import load_image
-from fpn_lab.data.transforms import Augment, Letterbox
+from fpn_lab.data.transforms import MIN_BOX_PX, Augment, Letterbox, too_small
 from fpn_lab.errors import DataError
+
+
+def _warn_sub_pixel_boxes(records: list[Record], letterbox: Letterbox) -> int:
+    """Warn when boxes become smaller than :data:`~fpn_lab.data.transforms.MIN_BOX_PX` once
+    letterboxed to ``letterbox.size`` (they are left out of training and of the validation loss;
+    the COCO evaluation still scores them, in original pixels). Returns their number."""
+    small, images, example = 0, 0, None
+    for r in records:
+        if not len(r.boxes):
+            continue
+        n = int((too_small(letterbox.geometry(r.height, r.width).to_network(r.boxes)) & r.train_mask).sum())
+        if n:
+            small, images = small + n, images + 1
+            example = example or r.filepath.name
+    if small:
+        warnings.warn(f"{small} box(es) in {images} image(s) (e.g. {example}) are smaller than "
+                      f"{MIN_BOX_PX:g} px once letterboxed to {letterbox.size} px: they are left out of training "
+                      "(no anchor or point can be assigned to them) but still scored by the evaluation, as misses if "
+                      "the model cannot find them. Fix: a larger image_size, or tile large images.", stacklevel=3)
+    return small
 
 
 def _check_records(records) -> list[Record]:
@@ -70,6 +91,7 @@ class Dataset:
             raise DataError(f"tfms must come from aug_tfms(...) or resize_and_pad(...); got {type(tfms).__name__}.")
         self.records, self.tfms, self.cache_images = _check_records(records), tfms, cache_images
         self._cache: dict[int, np.ndarray] = {}
+        _warn_sub_pixel_boxes(self.records, getattr(tfms, "letterbox", tfms))
 
     def __len__(self) -> int:
         return len(self.records)
@@ -94,7 +116,7 @@ class Dataset:
             mask = np.ones(len(boxes), bool)
         else:
             out, boxes, g = self.tfms(img, r.boxes)
-            labels, mask = r.labels, r.train_mask
+            labels, mask = r.labels, r.train_mask & ~too_small(boxes)  # validation loss as training sees boxes
         target = {"boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(labels),
                   "train_mask": torch.from_numpy(mask), "geometry": g, "record_id": r.record_id,
                   "image_id": r.image_id, "class_map": r.class_map}

@@ -132,6 +132,17 @@ def resize_and_pad(size: int, pad_value=(114, 114, 114), position: str = "top_le
     return Letterbox(size, pad_value, position)
 
 
+#: Boxes narrower or lower than this many pixels after the letterbox are left out of training: the
+#: assigners cannot place them (VFNet finds no positive for them; RetinaNet's box loss grows tenfold).
+MIN_BOX_PX = 1.0
+
+
+def too_small(net_boxes: np.ndarray) -> np.ndarray:
+    """``bool[N]``: the xyxy boxes (network pixels) narrower or lower than :data:`MIN_BOX_PX`."""
+    b = np.asarray(net_boxes, np.float32).reshape(-1, 4)
+    return ((b[:, 2] - b[:, 0]) < MIN_BOX_PX) | ((b[:, 3] - b[:, 1]) < MIN_BOX_PX)
+
+
 class Augment:
     """Training transform: albumentations augmentation on the original image, then :class:`Letterbox`.
 
@@ -153,10 +164,13 @@ class Augment:
         self.pipeline.set_random_seed(int(seed) % 2**32)
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray):
+        """Augmented, letterboxed ``image`` and its boxes in network pixels; boxes dropped by the
+        augmentation or smaller than :data:`MIN_BOX_PX` after it are left out."""
         out = self.pipeline(image=image, bboxes=np.asarray(boxes, np.float32).reshape(-1, 4), labels=np.asarray(labels))
         boxes = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
         img, net_boxes, g = self.letterbox(out["image"], boxes)
-        return img, net_boxes, np.asarray(out["labels"], np.int64), g
+        keep = ~too_small(net_boxes)
+        return img, net_boxes[keep], np.asarray(out["labels"], np.int64)[keep], g
 
 
 def aug_tfms(size: int, presize: int | None = None, *, pad_value=(114, 114, 114), horizontal_flip: bool = True,
