@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The project's commands on a machine with a CUDA GPU (issue #18), as one script that must finish within 10 minutes
 # on one GPU, the set-up included:
-#   1. scripts/setup.sh (mmcv built with CUDA ops for this GPU's architecture only, all cores, cached apart from
-#      the CPU wheel; timed: the first run on a machine pays the build, later ones reuse the wheel),
+#   1. scripts/setup.sh (the default: mmcv-lite, mmcv's operators on torchvision's CUDA kernels, nothing compiled;
+#      FPN_LAB_MMCV=compiled builds mmcv's CUDA ops for this GPU's architecture only instead; timed),
 #   2. the test suite's GPU-marked tests (pytest -m gpu),
 #   3. the smoke notebook on the GPU, 4. the demo on the GPU with amp off and on,
 # then appends set-up time, seconds per epoch, AP and peak GPU memory to bench/RESULTS.md ("GPU check") and keeps
@@ -25,9 +25,10 @@ bash scripts/setup.sh
 t_setup=$(( $(date +%s) - t0 ))
 PY=.venv/bin/python
 $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'torch sees no GPU after the set-up')"
-$PY -c "import torch; from mmcv.ops import DeformConv2d
+$PY -c "import torch; import fpn_lab.mmdet_adapter; from fpn_lab.mmdet_adapter.mmcv_ext import ops_path
+from mmcv.ops import DeformConv2d
 DeformConv2d(2, 2, 3, padding=1).cuda()(torch.randn(1, 2, 5, 5).cuda(), torch.zeros(1, 18, 5, 5).cuda())
-print('[gpu_check] mmcv CUDA ops: DeformConv2d ran on', torch.cuda.get_device_name(0))"
+print('[gpu_check] mmcv operators on', ops_path(), ': DeformConv2d ran on', torch.cuda.get_device_name(0))"
 
 t=$(date +%s); $PY -m pytest -m gpu -q -p no:cacheprovider; t_tests=$(( $(date +%s) - t ))
 t=$(date +%s); $PY -m fpn_lab.cli run params/smoke.yaml --set device=cuda --run-dir "runs/gpu_check/$STAMP-smoke"
