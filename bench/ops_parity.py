@@ -153,7 +153,7 @@ def _largest_difference(a: list, b: list) -> str:
         return "identical" if same else f"differ ({a[0].numel()} vs {b[0].numel()} kept)"
     worst = max(float((x - y).abs().max() / y.abs().max().clamp(min=1e-12)) for x, y in zip(a, b))
     absolute = max(float((x - y).abs().max()) for x, y in zip(a, b))
-    return f"{absolute:.2e} (relative to the largest value {worst:.1e})"
+    return f"{absolute:.2e} (relative: {worst:.1e} of the largest value)"
 
 
 def report(a: str, b: str, control: str | None = None) -> str:
@@ -165,7 +165,7 @@ def report(a: str, b: str, control: str | None = None) -> str:
              f"| op | largest difference (outputs and gradients) | ms {a} | ms {b} |", "| --- | --- | --- | --- |"]
     for name in oa:
         lines.append(f"| {name} | {_largest_difference(ob[name], oa[name])} | {ia['op_ms'][name]} | {ib['op_ms'][name]} |")
-    noise = f" | largest difference {b} vs {control} ({ic['threads']} thread(s))" if ic else ""
+    noise = f" | largest difference {b} vs {control} ({ic['threads']} thread)" if ic else ""
     lines += ["", f"| model (20 steps, seed 0) | loss step 1 | loss step 20 {a} | loss step 20 {b} | "
               f"largest loss difference {a} vs {b}{noise} | s/step {a} | s/step {b} |",
               "| --- " * (7 + bool(ic)) + "|"]

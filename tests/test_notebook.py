@@ -30,6 +30,9 @@ def test_smoke_run_writes_every_artefact(tmp_path):
     assert list(peak)[-1] == "total_notebook" and {"setup", "training", "evaluation"} <= set(peak)
     assert list(peak.values()) == sorted(peak.values()) and peak["training"] > 200
     assert len(metrics["history"]) == 1 and metrics["versions"]["mmdet"] == "3.3.0"
+    from fpn_lab.mmdet_adapter.mmcv_ext import ops_path
+
+    assert metrics["versions"]["mmcv_ops"] == ops_path()  # which kernels ran mmcv's operators
     analysis = metrics["analysis"]  # smoke.yaml draws at 0.0: the confusion matrix counts every detection
     assert set(analysis["by_size"]) == {"small", "medium", "large"}
     assert analysis["confusion_matrix"]["score_threshold"] == 0.0

@@ -133,15 +133,22 @@ def set_seed(seed: int) -> None:
 
 
 def library_versions() -> dict:
-    """Installed versions of the libraries that decide results (from package metadata)."""
+    """Installed versions of the libraries that decide results (from package metadata), and
+    ``mmcv_ops``: which kernels ran mmcv's operators (``"torchvision"``: fpn_lab's, under the
+    ``mmcv-lite`` distribution; ``"compiled"``: mmcv's own extension;
+    :func:`fpn_lab.mmdet_adapter.mmcv_ext.ops_path`)."""
     from importlib.metadata import PackageNotFoundError, version
 
+    from fpn_lab.mmdet_adapter.mmcv_ext import ops_path
+
     out = {"python": platform.python_version()}
-    for dist in ("torch", "torchvision", "mmcv", "mmdet", "mmengine", "fastai", "albumentations", "pycocotools"):
+    for dist in ("torch", "torchvision", "mmcv", "mmcv-lite", "mmdet", "mmengine", "fastai", "albumentations",
+                 "pycocotools"):
         try:
             out[dist] = version(dist)
         except PackageNotFoundError:
             out[dist] = None
+    out["mmcv_ops"] = ops_path()
     return out
 
 
