@@ -170,7 +170,8 @@ def test_headless_run_prints_one_line_per_epoch_outside_the_notebook(tmp_path):
 def test_dead_kernel_is_reported_as_such(tmp_path):
     import nbformat
 
-    cells = [nbformat.v4.new_code_cell("run_dir = ''"), nbformat.v4.new_code_cell("import os\nos._exit(3)")]
+    cells = [nbformat.v4.new_code_cell("run_dir = ''"), nbformat.v4.new_markdown_cell("## Train the model"),
+             nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("import os\nos._exit(3)")]
     cells[0].metadata["tags"] = ["parameters"]
     nb = tmp_path / "dies.ipynb"
     meta = {"kernelspec": {"name": "fpn-lab", "display_name": "Python (fpn_lab)", "language": "python"}}
@@ -179,6 +180,10 @@ def test_dead_kernel_is_reported_as_such(tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert not ok and metrics["status"] == "failed" and metrics["error"]["ename"] == "DeadKernelError"
     assert "the kernel died" in metrics["error"]["evalue"]
+    # a kernel killed mid-cell (out of memory) names the cell it was running, as a cell's own error does
+    saved = nbformat.read(str(run_dir / "dies.ipynb"), as_version=4)
+    assert "os._exit(3)" in saved.cells[metrics["error"]["cell_index"]].source
+    assert metrics["error"]["step"] == "Train the model"
 
 
 def test_notebook_trains_on_a_coco_folder_and_writes_source_ids(tmp_path, coco_fridge):

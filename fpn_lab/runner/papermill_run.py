@@ -81,19 +81,24 @@ def _headings(notebook: Path) -> dict[int, str]:
 
 
 class _Progress(logging.Handler):
-    """Prints one line per executed cell: elapsed time, cell number and the step it belongs to."""
+    """Follows papermill's "Executing Cell N" lines: ``current`` is the 1-based number of the cell
+    running (so a kernel that dies without an error message, killed for memory or on a timeout,
+    still names its cell); with ``echo`` prints one line per code cell: elapsed time, cell number
+    and the step it belongs to."""
 
-    def __init__(self, notebook: Path):
+    def __init__(self, notebook: Path, echo: bool = True):
         super().__init__(logging.INFO)
-        self.headings, self.t0 = _headings(notebook), time.perf_counter()
+        self.headings, self.t0, self.echo = _headings(notebook), time.perf_counter(), echo
         self.last = max(self.headings, default=0)
+        self.current: int | None = None
 
     def emit(self, record):
         msg = record.getMessage()
         if msg.startswith("Executing Cell"):
             n = int(msg.split()[2].strip("-"))
-            if n not in self.headings:
-                return  # a markdown cell
+            self.current = n
+            if n not in self.headings or not self.echo:
+                return  # a markdown cell, or nothing to print
             elapsed = int(time.perf_counter() - self.t0)
             print(f"[fpn-lab {elapsed // 60:02d}:{elapsed % 60:02d}] cell {n}/{self.last}: "
                   f"{self.headings.get(n, '')}", file=sys.stderr, flush=True)
@@ -168,6 +173,8 @@ def _failure(error) -> dict:
     if getattr(error, "cell_index", None) is not None:
         info["cell_index"] = error.cell_index
         info["exec_count"] = getattr(error, "exec_count", None)
+    elif getattr(error, "running_cell_index", None) is not None:  # the kernel died or timed out in that cell
+        info["cell_index"] = error.running_cell_index
     if type(error).__name__ == "DeadKernelError":
         info["ename"], info["evalue"] = "DeadKernelError", f"the kernel died: {error}"
     return info
@@ -274,9 +281,8 @@ def execute(notebook: Path, out_nb: Path, params: dict, log_file: Path, *, kerne
     pm_log = logging.getLogger("papermill")
     pm_log.addHandler(handler)
     pm_log.setLevel(logging.INFO)
-    progress = _Progress(notebook)
-    if echo:
-        pm_log.addHandler(progress)
+    progress = _Progress(notebook, echo)
+    pm_log.addHandler(progress)
     ok, error = True, None
     try:
         pm.execute_notebook(str(notebook), str(out_nb), parameters=params, kernel_name=kernel, log_output=True,
@@ -284,6 +290,8 @@ def execute(notebook: Path, out_nb: Path, params: dict, log_file: Path, *, kerne
                             stdout_file=sys.stdout if echo else None, stderr_file=sys.stderr if echo else None)
     except Exception as e:  # PapermillExecutionError, DeadKernelError, timeouts: the run failed
         ok, error = False, e
+        if getattr(e, "cell_index", None) is None and progress.current is not None:
+            e.running_cell_index = progress.current - 1  # 0-based, as papermill's cell_index
         log.error("notebook failed: %s", e)
     finally:
         pm_log.removeHandler(handler)
@@ -306,6 +314,8 @@ def finish_run(run_dir: Path, notebook: Path, ok: bool, error, params: dict, *, 
         ok, error = False, RuntimeError("the notebook finished without writing metrics.json")
     data = json.loads(metrics_path.read_text()) if ok else {
         "schema_version": 1, "status": "failed", "params": params, "error": _failure(error)}
+    if isinstance(data.get("error", {}).get("cell_index"), int) and notebook.is_file():
+        data["error"].setdefault("step", _headings(notebook).get(data["error"]["cell_index"] + 1, ""))
     if out_nb.exists():
         try:
             if isinstance(data.get("error", {}).get("cell_index"), int):
@@ -321,6 +331,7 @@ def finish_run(run_dir: Path, notebook: Path, ok: bool, error, params: dict, *, 
     if echo:
         e = data.get("error") or {}
         where = f"process {e['rank']}: " if "rank" in e else ""
+        where += f"cell {e['cell_index']}" + (f" ({e['step']})" if e.get("step") else "") + ": " if "cell_index" in e else ""
         status = "finished" if ok else f"FAILED ({where}{e.get('ename')}: {str(e.get('evalue'))[:800]})"
         print(f"[fpn-lab] {status}\n  notebook: {out_nb}\n  html:     {html}\n  metrics:  {metrics_path}\n"
               f"  log:      {run_dir / 'run.log'}", flush=True)
