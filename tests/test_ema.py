@@ -95,3 +95,20 @@ def test_the_average_follows_mmdets_exp_momentum_formula():
             expected = (1 - m) * expected + m * p.detach()
     avg = ema.ema.module.bbox_head.multi_level_conv_cls[0].weight
     torch.testing.assert_close(avg, expected)
+
+
+def test_last_good_weights_are_the_averaged_ones_that_were_validated(fridge, tmp_path):
+    """With ema, last_good.pth held the raw training weights, not the averaged ones that validation
+    scored and the checkpoint saves."""
+    class_map, records = fridge
+    set_seed(0)
+    ds = Dataset(records[:4], resize_and_pad(64))
+    model = build_model("yolox_tiny_pafpn_300e", num_classes=len(class_map))
+    learn = make_learner(make_dataloaders(ds, ds, 2), model, class_map, coco=False, path=tmp_path,
+                         cbs=[WeightEMA(momentum=0.5, gamma=1.0)])
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(1, 1e-3)
+    saved = torch.load(tmp_path / "last_good.pth")
+    final = model.state_dict()  # after the fit the model holds the average it was validated with
+    assert saved.keys() == final.keys()
+    assert all(torch.equal(saved[k], v) for k, v in final.items())

@@ -137,3 +137,19 @@ def test_boxes_below_one_pixel_after_the_letterbox_are_reported_and_left_out_of_
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Dataset([rec], resize_and_pad(320))  # 2 px there: nothing to report
+
+
+def test_run_records_the_model_that_was_evaluated_not_the_parameters_selection(fridge, retinanet, tmp_path):
+    """After the picker built RetinaNet R18, metrics.json said preset yolox_tiny (the parameter cell's)
+    beside a RetinaNet model block."""
+    import json
+
+    from fpn_lab.runner.context import Run
+
+    class_map, records = fridge
+    run = Run.start({"selection": "yolox_tiny_pafpn_300e", "data_dir": "data/fridge", "run_dir": str(tmp_path / "r"),
+                     "interactive": False}, notebook="notebooks/getting_started.ipynb")
+    run.evaluate(retinanet, Dataset(records, resize_and_pad(SIZE)), class_map)
+    metrics = json.loads(run.finish(model=retinanet).read_text())
+    assert metrics["preset"] == "retinanet_r18_fpn_1x" and metrics["model"]["neck"] == "FPN"
+    assert metrics["selection_changed"] == {"parameter": "yolox_tiny_pafpn_300e", "trained": "retinanet_r18_fpn_1x"}

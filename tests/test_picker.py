@@ -48,3 +48,13 @@ def test_build_shows_building_disables_the_button_and_reports_errors(monkeypatch
     assert not picker.button.disabled and not picker.dropdown.disabled and picker.model is None
     assert f"building {CHEAPEST} failed" in picker.status.value
     assert "ModelError: weights for yolox_tiny could not be downloaded &lt;offline&gt;" in picker.status.value
+
+
+def test_a_model_built_by_a_later_cell_is_adopted_by_the_status_line():
+    """The status stayed "selected X: not built" after the notebook's model cell built X."""
+    from fpn_lab.models.build import build_model
+
+    picker = ModelPicker(CHEAPEST, num_classes=2)
+    assert "not built" in picker.status.value
+    picker.adopt(build_model(CHEAPEST, num_classes=2))
+    assert picker.model is picker.built_model and picker.status.value.startswith(f"built {CHEAPEST}: ")

@@ -57,7 +57,8 @@ class NonFiniteLossGuard(Callback):
     its highest learning rates), so it is an error there only within the first
     :data:`LR_FIND_MIN_POINTS` iterations, before the finder could suggest anything. After every
     epoch whose losses were all finite, the model weights are saved to ``checkpoint`` (when given),
-    so the last good state survives the failure.
+    so the last good state survives the failure; with weight EMA
+    (:class:`~fpn_lab.learner.ema.WeightEMA`) the averaged weights, which validation ran on.
     """
 
     order = 5
@@ -90,9 +91,12 @@ class NonFiniteLossGuard(Callback):
 
     def after_epoch(self):
         # lr_find's epochs end with deliberately diverged weights: never keep those as "good".
-        if self.checkpoint is not None and not hasattr(self.learn, "lr_finder") and all(
-                torch.isfinite(p).all() for p in get_model(self.learn.model).parameters()):
+        if self.checkpoint is None or hasattr(self.learn, "lr_finder"):
+            return
+        ema = getattr(self.learn, "weight_ema", None)  # with weight EMA: the averaged weights, as validated
+        state = (ema.averaged_state_dict() if ema is not None else None) or get_model(self.learn.model).state_dict()
+        if all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()):
             self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.checkpoint.with_suffix(".tmp")
-            torch.save(get_model(self.learn.model).state_dict(), tmp)
+            torch.save(state, tmp)
             tmp.replace(self.checkpoint)

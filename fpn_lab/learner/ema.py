@@ -62,6 +62,15 @@ class WeightEMA(Callback):
             self._swap()
             self.holds_average = True
 
+    def averaged_state_dict(self) -> dict | None:
+        """The model's state dict with the averaged weights in place of the training weights (what
+        validation runs on), or None before the first fit."""
+        if self.ema is None:
+            return None
+        model = get_model(self.learn.model)
+        source = model.detector if self.holds_average else self.ema.module  # the average is where it stands now
+        return {**model.state_dict(), **{f"detector.{k}": v for k, v in source.state_dict().items()}}
+
     def _pairs(self):
         own = get_model(self.learn.model).detector.state_dict(keep_vars=True)
         avg = self.ema.module.state_dict(keep_vars=True)

@@ -192,6 +192,7 @@ class Run:
         self.evaluated_images = 0
         self._evaluation = None  # (records, detections, class_map, COCOeval) for analyse()
         self.analysis = None
+        self.selection_changed = None  # set by evaluate() when the model is another preset than the parameter's
         self.tracker = None  # fpn_lab.runner.tracking: set by start() from the track parameter
         self.dist = distributed.DistContext()  # set by start(): rank and world size under torchrun
         self._device = str(params.get("device", "cpu"))  # resolved by start()
@@ -332,6 +333,14 @@ class Run:
             write_json_atomic(self.path("ground_truth.json"), records_to_coco(dataset.records, class_map))
         self.result, self.evaluated_images = result, len(dataset)
         self._evaluation = (dataset.records, detections, class_map, ev)
+        trained = getattr(model, "preset", None)
+        if self.preset is not None and trained is not None and trained.name != self.preset.name:
+            # the model picker (or the user) built another preset than the parameter names: the run's
+            # records follow the model that was trained and evaluated
+            print(f"note: the evaluated model is {trained.name}, not the parameter's selection {self.preset.name}; "
+                  "metrics.json records the evaluated model")
+            self.selection_changed = {"parameter": self.preset.name, "trained": trained.name}
+            self.preset = trained
         return result
 
     def analyse(self, detection_threshold: float | str = "auto"):
@@ -413,6 +422,8 @@ class Run:
         if self.preset is not None:
             out.update(preset=self.preset.name, seed=self.params.get("seed"),
                        threads={"count": self.threads.count, "reason": self.threads.reason})
+            if self.selection_changed:
+                out["selection_changed"] = self.selection_changed
             d = self.dist
             out["processes"] = {"world_size": d.world_size, "backend": d.backend,
                                 "batch_size_per_process": self.params.get("batch_size"),

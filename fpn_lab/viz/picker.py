@@ -67,11 +67,21 @@ class ModelPicker:
                 line = f"{self._built_line}<br>{todo}; select {html.escape(built)} again to use the built model"
         self.status.value = line
 
+    def adopt(self, model) -> None:
+        """Take ``model``, built elsewhere (the notebook's model cell), as the built model of its
+        preset, so that the status line says it is built."""
+        from fpn_lab.models.build import count_parameters
+
+        self.built_model, self.built_name = model, model.preset.name
+        self._built_line = (f"built {html.escape(model.preset.name)}: {count_parameters(model) / 1e6:.2f} M "
+                            f"parameters, neck {html.escape(type(model.neck).__name__)} ({', '.join(model.levels)})")
+        self._show()
+
     def _on_change(self, change) -> None:
         self._show()
 
     def _on_build(self, _button) -> None:
-        from fpn_lab.models.build import build_model, count_parameters
+        from fpn_lab.models.build import build_model
 
         name = self.dropdown.value
         self.button.disabled = self.dropdown.disabled = True
@@ -87,7 +97,4 @@ class ModelPicker:
             return
         finally:
             self.button.disabled = self.dropdown.disabled = False
-        self.built_model, self.built_name = model, name
-        self._built_line = (f"built {html.escape(name)}: {count_parameters(model) / 1e6:.2f} M parameters, neck "
-                            f"{html.escape(type(model.neck).__name__)} ({', '.join(model.levels)})")
-        self._show()
+        self.adopt(model)
