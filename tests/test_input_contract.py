@@ -144,11 +144,16 @@ def test_run_records_the_model_that_was_evaluated_not_the_parameters_selection(f
     beside a RetinaNet model block."""
     import json
 
+    from conftest import ROOT
     from fpn_lab.runner.context import Run
+    from fpn_lab.runner.params import notebook_parameters
 
     class_map, records = fridge
-    run = Run.start({"selection": "yolox_tiny_pafpn_300e", "data_dir": "data/fridge", "run_dir": str(tmp_path / "r"),
-                     "interactive": False}, notebook="notebooks/getting_started.ipynb")
+    notebook = ROOT / "notebooks" / "getting_started.ipynb"
+    namespace = {k: v["default"] for k, v in notebook_parameters(notebook).items()}
+    namespace.update(selection="yolox_tiny_pafpn_300e", data_dir="data/fridge", split="random", run_dir=str(tmp_path / "r"),
+                     interactive=False)
+    run = Run.start(namespace, notebook=notebook)
     run.evaluate(retinanet, Dataset(records, resize_and_pad(SIZE)), class_map)
     metrics = json.loads(run.finish(model=retinanet).read_text())
     assert metrics["preset"] == "retinanet_r18_fpn_1x" and metrics["model"]["neck"] == "FPN"

@@ -138,18 +138,20 @@ class PhaseTimer(Callback):
 
 class EpochMetrics(Callback):
     """After each training epoch (not ``lr_find``), hand the recorder's values (``train_loss``,
-    ``valid_loss`` and the metrics, by name; NaN left out) to ``log(values, step=epoch)``: a
-    tracker's logging function (:mod:`fpn_lab.runner.tracking`)."""
+    ``valid_loss`` and the metrics, by name; NaN and inf kept: a diverged epoch shows as such) to
+    ``log(values, step)``: a tracker's logging function (:mod:`fpn_lab.runner.tracking`).
+    ``step`` counts epochs over every fit of the learner (``fine_tune``'s frozen epoch, then its
+    unfrozen ones: 1, 2, 3...), so two fits never log at the same step; :attr:`step` is the last."""
 
     order = 70  # after Recorder (50), whose values for the epoch it reads
 
     def __init__(self, log):
-        self.log = log
+        self.log, self.step = log, 0
 
     def after_epoch(self):
         if hasattr(self.learn, "lr_finder"):
             return
         rec = self.learn.recorder
-        values = {n: float(v) for n, v in zip(rec.metric_names[1:-1], rec.log[1:-1])
-                  if isinstance(v, (int, float)) and math.isfinite(float(v))}
-        self.log(values, step=self.epoch + 1)
+        values = {n: float(v) for n, v in zip(rec.metric_names[1:-1], rec.log[1:-1]) if isinstance(v, (int, float))}
+        self.step += 1
+        self.log(values, step=self.step)

@@ -275,6 +275,16 @@ def run_batch(params_files, *, jobs: int = 1, name: str | None = None, overrides
             print(f"[fpn-lab batch] {row['status']:6s} {p.stem} AP={row['AP']} +{time.perf_counter() - t0:.0f}s", flush=True)
         return row
 
+    tracked = []
+    for p in files:
+        try:
+            tracked.append({**load_params_file(p), **parse_set(overrides)})
+        except ParamsError:
+            pass  # reported as that run's failed row below
+    if any(v.get("track") == "mlflow" for v in tracked):
+        from fpn_lab.runner.tracking import prepare_store
+
+        prepare_store()  # once, before the runs: new SQLite stores race in their schema migration
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         rows = list(pool.map(one, files))
     _flag_comparable(rows)

@@ -327,6 +327,13 @@ def finish_run(run_dir: Path, notebook: Path, ok: bool, error, params: dict, *, 
             data = {**data, "status": "failed", "error": _failure(e)}
     if ok:
         data.setdefault("timing_s", {})["rendering"] = round(time.perf_counter() - t, 2)
+    elif params.get("track") == "mlflow":  # a killed kernel could not end its MLflow run
+        from fpn_lab.runner.tracking import end_unfinished_run
+
+        try:
+            end_unfinished_run(run_dir)
+        except Exception as e:  # the run failed already: say why its MLflow run may stay open, go on
+            log.warning("could not end the MLflow run of %s: %s", run_dir, e)
     write_json_atomic(metrics_path, data)
     if echo:
         e = data.get("error") or {}
