@@ -115,6 +115,20 @@ def test_a_run_that_exits_non_zero_is_failed_whatever_its_metrics_say(tmp_path, 
     assert "exited with code 1 although its metrics.json says ok" in row["error"]
 
 
+def test_a_batch_tracking_to_mlflow_makes_the_store_once_before_its_runs(tmp_path, monkeypatch):
+    """Runs of `fpn-lab batch --jobs 2 --track mlflow` on a fresh store raced in creating and
+    migrating the SQLite file, and one run failed with SQLAlchemy/alembic text."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
+    files = []
+    for name in ("a", "b"):
+        files.append(tmp_path / f"{name}.yaml")
+        files[-1].write_text("selection: yolox_tiny_pafpn_300e\ndata_dir: data/fridge\nsplit: random\nimage_size: 64\n")
+    monkeypatch.setattr(batch_module.subprocess, "run", _fake_run(threading.Barrier(2, timeout=60)))
+    _, code = batch_module.run_batch(files, jobs=2, name="t", runs_dir=tmp_path / "runs", echo=False,
+                                     overrides=["track=mlflow"])
+    assert code == 0 and (tmp_path / "store" / "mlflow.db").is_file()  # made by the batch, before the runs
+
+
 def test_relative_params_paths_work_from_any_folder(tmp_path, monkeypatch):
     """The runs start in the project root; params files named relative to the caller's folder must
     still be found there."""
