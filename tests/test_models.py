@@ -17,9 +17,9 @@ from fpn_lab.models.build import build_model
 from fpn_lab.mmdet_adapter.wrapper import _frozen_norm_train_mode
 from fpn_lab.models.registry import get_preset, list_models
 
-HEAVY = ("*r101*", "*x101*", "yolox_l_*", "yolox_x_*")
-SLOW = {n for pat in HEAVY for n in list_models(pat)}
-PARAMS = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in list_models()]
+# every preset, the ResNet-101, ResNeXt and YOLOX-L/X ones included: at 64 px the 14 largest take
+# 32 s together on this project's 2-core CPU (bench/logs/presets_slow_lite.log)
+PARAMS = list_models()
 
 
 def _batch(records, size=64, pad=(114, 114, 114)):
