@@ -37,7 +37,8 @@ def check_kernel(name: str) -> None:
     except NoSuchKernel:
         have = sorted(KernelSpecManager().find_kernel_specs())
         raise ParamsError(f"Jupyter kernel {name!r} is not installed (installed: {have}). Run `make setup` "
-                          "(scripts/setup.sh), which registers it, or pass --kernel NAME.") from None
+                          "(scripts/setup.sh), which registers it; in an environment made with pip, register its "
+                          f"Python: python -m ipykernel install --sys-prefix --name {name}; or pass --kernel NAME.") from None
 
 
 TEMPLATES = Path(__file__).with_name("templates")
