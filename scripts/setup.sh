@@ -23,7 +23,9 @@ TORCH_VERSION=2.14.1
 TORCHVISION_VERSION=0.29.1
 MMCV_VERSION=2.1.0
 KERNEL_NAME=fpn-lab
-MMCV=${FPN_LAB_MMCV:-lite}
+# unset: what this environment was set up with last (a plain `make test` after `FPN_LAB_MMCV=compiled make
+# setup` keeps the compiled mmcv), else lite
+MMCV=${FPN_LAB_MMCV:-$(cat "$VENV/.fpn_lab_mmcv" 2>/dev/null || echo lite)}
 case $MMCV in
   lite|compiled) ;;
   *) echo "setup: FPN_LAB_MMCV=$MMCV is not understood: expected 'lite' (default: mmcv-lite, no compiler) or 'compiled' (build mmcv's ops from source)." >&2
@@ -178,5 +180,6 @@ print(f"torch {torch.__version__}, mmcv {mmcv.__version__}, mmdet {mmdet.__versi
       f"mmengine {mmengine.__version__}, fastai {fastai.__version__}, cv2 {cv2.__version__}; "
       f"mmcv operators: {ops_path()}")
 PY
+echo "$MMCV" >"$VENV/.fpn_lab_mmcv"
 stamp_key >"$STAMP"
 log "environment ready: $VENV"

@@ -66,8 +66,12 @@ def test_a_missing_extra_is_an_error_naming_it(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name in ("mlflow", "onnxruntime") else real(name, *a))
-    with pytest.raises(MissingExtraError, match=r"track: mlflow needs mlflow.*pip install 'fpn_lab\[tracking\]'"):
-        validate_params({"track": "mlflow"}, ROOT / "notebooks" / "getting_started.ipynb")
+    with pytest.raises(ParamsError, match=r"track: mlflow needs mlflow.*pip install 'fpn_lab\[tracking\]'"):
+        validate_params({"track": "mlflow"}, ROOT / "notebooks" / "getting_started.ipynb")  # before a kernel starts
+    from fpn_lab.runner.tracking import make_tracker
+
+    with pytest.raises(MissingExtraError, match="fpn_lab\\[tracking\\]"):
+        make_tracker("mlflow", None)
     with pytest.raises(MissingExtraError, match=r"OnnxDetector needs onnxruntime.*fpn_lab\[export\]"):
         OnnxDetector(ROOT / "missing.onnx")
     with pytest.raises(ParamsError):

@@ -211,3 +211,21 @@ def test_coco_metric_scores_the_loader_that_was_validated(fridge):
     with learn.no_bar(), learn.no_logging():
         _, ap, _ = learn.validate()  # the valid split (no boxes): nothing to score
     assert math.isnan(ap)
+
+
+def test_recompute_batchnorm_stats_failing_midway_keeps_the_statistics(fridge):
+    """A batch that fails after others left the statistics averaged over the first ones."""
+    parser, records = fridge
+    model = build_model("yolox_tiny_pafpn_300e", num_classes=len(parser.class_map))
+    batch = next(iter(make_dataloaders(Dataset(records[:2], resize_and_pad(64)), Dataset(records[:2], resize_and_pad(64)),
+                                       2).valid))
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+
+    def batches():
+        yield batch
+        raise RuntimeError("a loader failed")
+
+    with pytest.raises(RuntimeError, match="a loader failed"):
+        recompute_batchnorm_stats(model, batches())
+    torch.testing.assert_close(bn.running_mean, before)

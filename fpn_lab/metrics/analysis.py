@@ -19,9 +19,9 @@ Sources of each number:
 * **Confusion matrix** at IoU 0.5 and a score threshold: a second matching that also pairs boxes
   across classes is needed, since COCO matches within each class only. Per image, detections
   scoring ``>= t`` and scored ground-truth boxes are paired greedily by IoU, highest first, one to
-  one, pairs with IoU ``>= 0.5``: first within each class (the pairs the metric counts as true
-  positives, so a wrong-class box with a higher IoU cannot take a box that a right-class detection
-  found), then the boxes and detections left over across classes. A pair adds one to
+  one, pairs with IoU ``>= 0.5``: first within each class (so a wrong-class detection with a higher
+  IoU cannot take a box that a right-class detection overlaps; COCO's own matching goes by score
+  within a class and can pair fewer), then the boxes and detections left over across classes. A pair adds one to
   ``[true class, predicted class]``, an unpaired box to
   ``[true class, background]``, an unpaired detection to ``[background, predicted class]``. A
   detection left unpaired that covers a crowd or difficult box (pycocotools' crowd IoU ``>= 0.5``)

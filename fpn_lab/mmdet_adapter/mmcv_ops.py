@@ -60,9 +60,12 @@ def _check_finite(op: str, **tensors: torch.Tensor) -> None:
     # and crashes the process (segmentation fault); a RuntimeError is reported as a NaN loss.
     if torch.compiler.is_compiling():  # traced for ONNX export: no data-dependent branch
         return
-    for name, t in tensors.items():
-        if t is not None and t.numel() and not torch.isfinite(t).all():
-            raise RuntimeError(f"{op}: non-finite {name} (NaN or inf); the kernel would read outside the feature map")
+    present = {name: t for name, t in tensors.items() if t is not None and t.numel()}
+    finite = torch.stack([torch.isfinite(t).all() for t in present.values()])
+    if not bool(finite.all()):  # one device synchronisation for all tensors
+        bad = [name for name, ok in zip(present, finite.tolist()) if not ok]
+        raise RuntimeError(f"{op}: non-finite {', '.join(bad)} (NaN or inf); the kernel would read outside the "
+                           "feature map")
 
 
 def deform_conv2d(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor | None = None,

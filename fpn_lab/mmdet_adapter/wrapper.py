@@ -358,11 +358,11 @@ def recompute_batchnorm_stats(model: MMDetModel, batches) -> int:
     Raises:
         ModelError: ``batches`` is empty; the statistics are left as they were.
     """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     saved = [(m.momentum, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in bns]
     was_training = model.training
     model.detector.train()
-    seen = 0
+    seen, done = 0, False
     try:
         for m in bns:
             m.reset_running_stats()
@@ -371,10 +371,11 @@ def recompute_batchnorm_stats(model: MMDetModel, batches) -> int:
             inputs, samples = model.preprocess(images, targets, training=False)
             model.detector(inputs, samples, mode="tensor")
             seen += 1
+        done = seen > 0
     finally:
         for m, (momentum, mean, var, count) in zip(bns, saved):
             m.momentum = momentum
-            if not seen:  # nothing to average over (or the first batch failed): keep the old statistics
+            if not done:  # no batch, or one failed: keep the statistics as they were, not a partial average
                 m.running_mean.copy_(mean), m.running_var.copy_(var), m.num_batches_tracked.copy_(count)
         model.train(was_training)
     if not seen:

@@ -14,6 +14,8 @@ going at the same time (``--jobs``) never take each other's results.
 
 from __future__ import annotations
 
+import importlib.util
+
 import base64
 import csv
 import io
@@ -265,12 +267,17 @@ def run_batch(params_files, *, jobs: int = 1, name: str | None = None, overrides
         if echo:
             print(f"[fpn-lab batch] start {p.stem} ({threads} threads) +{time.perf_counter() - t0:.0f}s", flush=True)
         try:  # bad parameters: a failed row at once, no kernel started
-            validate_params({**load_params_file(p), **parse_set(overrides)}, params_notebook(p))
+            params = validate_params({**load_params_file(p), **parse_set(overrides)}, params_notebook(p))[0]
         except ParamsError as e:
             row = _row(p.stem, None)
             row.update(error=f"ParamsError: {e}", failed_step="parameters (checked before the run)")
         else:
-            row = _row(p.stem, *_run_one(p, batch_dir, list(overrides), threads, timeout))
+            run_dir, code = _run_one(p, batch_dir, list(overrides), threads, timeout)
+            if code is None and run_dir is not None and params.get("track") == "mlflow":
+                from fpn_lab.runner.tracking import end_unfinished_run
+
+                end_unfinished_run(run_dir)  # killed on the timeout: its own runner could not end it
+            row = _row(p.stem, run_dir, code)
         if echo:
             print(f"[fpn-lab batch] {row['status']:6s} {p.stem} AP={row['AP']} +{time.perf_counter() - t0:.0f}s", flush=True)
         return row
@@ -281,10 +288,14 @@ def run_batch(params_files, *, jobs: int = 1, name: str | None = None, overrides
             tracked.append({**load_params_file(p), **parse_set(overrides)})
         except ParamsError:
             pass  # reported as that run's failed row below
-    if any(v.get("track") == "mlflow" for v in tracked):
-        from fpn_lab.runner.tracking import prepare_store
+    if any(v.get("track") == "mlflow" for v in tracked) and importlib.util.find_spec("mlflow") is not None:
+        from fpn_lab.runner.tracking import prepare_store  # (without mlflow each run's row says which extra)
 
-        prepare_store()  # once, before the runs: new SQLite stores race in their schema migration
+        try:
+            prepare_store()  # once, before the runs: new SQLite stores race in their schema migration
+        except Exception as e:
+            raise ParamsError(f"track: mlflow: the MLflow store could not be opened or created ({type(e).__name__}: "
+                              f"{str(e)[:300]}). Fix MLFLOW_TRACKING_URI, or run the batch without --track mlflow.") from e
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         rows = list(pool.map(one, files))
     _flag_comparable(rows)

@@ -217,9 +217,13 @@ def _check_values(params: dict) -> None:
         raise ParamsError(f"image_size: {params['image_size']} is too small for neck: nasfpn, which needs 128 px or more "
                           "(it pools down to P7, stride 128); raise image_size or choose another neck.")
     if "track" in params:
+        from fpn_lab.errors import FpnLabError
         from fpn_lab.runner.tracking import check_track
 
-        check_track(params["track"])
+        try:
+            check_track(params["track"])
+        except FpnLabError as e:  # a missing extra too: a parameter that cannot work here
+            raise ParamsError(str(e)) from None
     from fpn_lab.device import check_amp, check_device
     from fpn_lab.distributed import LR_SCALING
 

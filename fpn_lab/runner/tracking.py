@@ -154,8 +154,9 @@ def end_unfinished_run(run_dir: Path) -> int:
     its exit handler could end them); returns how many. Called by the headless runner for a failed
     run that tracked to MLflow."""
     client, _, _, exp_id = prepare_store()
-    tag = str(Path(run_dir).resolve()).replace("'", "''")
-    found = client.search_runs([exp_id], filter_string=f"tags.`fpn_lab.run_dir` = '{tag}' and attributes.status = 'RUNNING'")
+    tag = str(Path(run_dir).resolve())  # compared here, not in a filter string (quotes in paths)
+    found = [r for r in client.search_runs([exp_id], filter_string="attributes.status = 'RUNNING'")
+             if r.data.tags.get("fpn_lab.run_dir") == tag]
     for r in found:
         client.set_terminated(r.info.run_id, "FAILED")
     return len(found)
