@@ -339,8 +339,8 @@ def finish_run(run_dir: Path, notebook: Path, ok: bool, error, params: dict, *, 
     if echo:
         e = data.get("error") or {}
         where = f"process {e['rank']}: " if "rank" in e else ""
-        where += f"cell {e['cell_index']}" + (f" ({e['step']})" if e.get("step") else "") + ": " if "cell_index" in e else ""
-        status = "finished" if ok else f"FAILED ({where}{e.get('ename')}: {str(e.get('evalue'))[:800]})"
+        cell = (f" in cell {e['cell_index']}" + (f" ({e['step']})" if e.get("step") else "")) if "cell_index" in e else ""
+        status = "finished" if ok else f"FAILED ({where}{e.get('ename')}: {str(e.get('evalue'))[:800]}){cell}"
         print(f"[fpn-lab] {status}\n  notebook: {out_nb}\n  html:     {html}\n  metrics:  {metrics_path}\n"
               f"  log:      {run_dir / 'run.log'}", flush=True)
     return ok
