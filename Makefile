@@ -27,5 +27,6 @@ bench-parity: setup
 necks: setup
 	$(PY) bench/neck_study.py --run --seeds 0 1 2 --report
 
+# JupyterLab refuses to start as root without --allow-root (containers, CI machines): pass it there
 lab: setup
-	.venv/bin/jupyter lab notebooks/
+	.venv/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
