@@ -420,3 +420,12 @@ def test_import_machinery_sees_the_stand_in_as_a_module_without_compiled_layers(
 
     assert importlib.util.find_spec("mmcv._ext") is not None
     assert mmcv_full_available() is False  # mmcv's other compiled layers (SyncBatchNorm...) are not there
+
+
+def test_deform_conv_of_an_empty_batch_is_empty():
+    """The finiteness check stacked nothing for an empty batch (mmcv's own wrappers refuse one, the
+    export's layer and direct callers do not)."""
+    from fpn_lab.mmdet_adapter.mmcv_ops import deform_conv2d
+
+    out = deform_conv2d(torch.zeros(0, 4, 6, 6), torch.zeros(0, 18, 6, 6), torch.randn(4, 4, 3, 3), padding=(1, 1))
+    assert out.shape == (0, 4, 6, 6)

@@ -61,6 +61,8 @@ def _check_finite(op: str, **tensors: torch.Tensor) -> None:
     if torch.compiler.is_compiling():  # traced for ONNX export: no data-dependent branch
         return
     present = {name: t for name, t in tensors.items() if t is not None and t.numel()}
+    if not present:  # an empty batch: nothing to read
+        return
     finite = torch.stack([torch.isfinite(t).all() for t in present.values()])
     if not bool(finite.all()):  # one device synchronisation for all tensors
         bad = [name for name, ok in zip(present, finite.tolist()) if not ok]
