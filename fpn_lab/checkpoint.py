@@ -4,7 +4,7 @@ A checkpoint is a dict loadable with ``torch.load(path)`` under torch's default
 ``weights_only=True``: ``state_dict`` (tensors, keys ``detector.<mmdet name>``), ``preset``
 (name), ``class_names`` (list, label order), ``image_size`` (int, the letterbox side in pixels),
 ``pad_position`` and ``pad_value`` (the letterbox's placement and RGB fill), ``neck`` and
-``neck_args`` (the neck choice), ``pretrained`` (the initialisation the model was built with),
+``neck_args`` (the neck choice), ``cfg_options`` (the overrides of the preset's config), ``pretrained`` (the initialisation the model was built with),
 ``config`` (the resolved mmdet config as nested dicts/lists) and ``fpn_lab_version``.
 
 To start a new training from one, use ``build_model(..., weights=path)`` (it also reads mmdet and
@@ -64,7 +64,8 @@ def _write_checkpoint(path: Path, model, class_map: ClassMap, image_size: int, p
             "preset": model.preset.name, "class_names": list(class_map.names),
             "category_ids": [int(c) for c in class_map.category_ids], "image_size": int(image_size),
             "pad_position": pad_position, "pad_value": [float(v) for v in model.pad_value],
-            **getattr(model, "neck_choice", {}), "pretrained": getattr(model, "pretrained", None),
+            **getattr(model, "neck_choice", {}), "cfg_options": _plain(getattr(model, "cfg_options", None) or {}),
+            "pretrained": getattr(model, "pretrained", None),
             "config": _plain(model.cfg.to_dict()), "fpn_lab_version": __version__}
     tmp = path.with_name(path.name + ".tmp")
     torch.save(ckpt, tmp)
@@ -122,6 +123,7 @@ def load_checkpoint(path: str | Path, *, class_map: ClassMap | Sequence[str] | N
     _warn_if_config_changed(ckpt, preset, path)
     model = build_detector_from_config(ckpt["config"], preset)
     model.neck_choice = {"neck": ckpt.get("neck"), "neck_args": dict(ckpt.get("neck_args") or {})}
+    model.cfg_options = dict(ckpt.get("cfg_options") or {})
     model.pretrained = ckpt.get("pretrained")
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
@@ -143,7 +145,8 @@ def _warn_if_config_changed(ckpt: dict, preset, path) -> None:
 
     try:
         current = load_config(preset, num_classes=len(ckpt["class_names"]), pretrained=ckpt.get("pretrained") or "none",
-                              neck=ckpt.get("neck"), neck_args=ckpt.get("neck_args"))
+                              neck=ckpt.get("neck"), neck_args=ckpt.get("neck_args"),
+                              cfg_options=ckpt.get("cfg_options") or None)
     except ModelError as e:
         log.warning("%s: the installed mmdet config for %s cannot be built (%s); using the saved config.",
                     path, preset.name, e)

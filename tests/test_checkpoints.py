@@ -200,3 +200,33 @@ def test_class_names_in_mmdet_checkpoints_are_checked_too(trained, tmp_path, met
     with pytest.raises(ModelError, match="same classes in another order"):
         build_model(PRESET, num_classes=2, weights=path, class_names=["a", "b"])
     assert len(build_model(PRESET, num_classes=2, weights=path, class_names=["b", "a"]).skipped_weights) == 0
+
+
+GN = {"type": "GN", "num_groups": 8, "requires_grad": True}
+
+
+def test_cfg_options_may_add_a_constructor_argument_and_survive_a_reload(fridge, tmp_path, caplog):
+    class_map, images = fridge
+    torch.manual_seed(0)
+    model = build_model("retinanet_r18_fpn_1x", num_classes=len(class_map), neck_args={"out_channels": 32},
+                        cfg_options={"model.bbox_head.norm_cfg": GN, "model.bbox_head.feat_channels": 32,
+                                     "model.neck.norm_cfg": GN, "model.bbox_head.anchor_generator.octave_base_scale": 2})
+    norms = [type(m).__name__ for m in model.detector.bbox_head.cls_convs.modules()]
+    assert "GroupNorm" in norms and "GroupNorm" in [type(m).__name__ for m in model.detector.neck.modules()]
+    assert model.detector.bbox_head.prior_generator.octave_base_scale == 2
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    path = save_checkpoint(tmp_path / "gn.pth", model.eval(), class_map, image_size=64)
+    with caplog.at_level(logging.WARNING):
+        again, info = load_checkpoint(path, class_map=class_map)
+    assert "differs from the one saved" not in caplog.text  # the overrides are rebuilt, not reported as drift
+    assert info["cfg_options"]["model.bbox_head.norm_cfg"] == GN and again.cfg_options == info["cfg_options"]
+    assert check_reload(model, again, images, image_size=64) > 0  # raises when the boxes differ
+
+
+@pytest.mark.parametrize(("key", "named"), [("model.bbox_head.norm_cgf", "norm_cfg"),  # a typo of a constructor arg
+                                            ("model.bbox_head.anchor_generator.octave_scale", "octave_base_scale")])
+def test_cfg_options_keys_that_no_constructor_takes_are_errors(key, named):
+    with pytest.raises(ModelError, match=rf"has no '{key.rsplit('.', 1)[1]}'.*{named}"):
+        build_model("retinanet_r18_fpn_1x", num_classes=3, cfg_options={key: 1})

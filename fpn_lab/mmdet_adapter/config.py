@@ -68,12 +68,16 @@ def load_config(preset, *, num_classes: int, pretrained: str = "none", neck: str
 def apply_cfg_options(cfg, cfg_options: dict | None) -> None:
     """Apply ``{"dotted.key": value}`` overrides to an ``mmengine.Config`` (mmdet's ``--cfg-options``).
 
-    Every key must already exist in the config, so a misspelt key is an error instead of a new,
-    unused entry (``Config.merge_from_dict`` would add it silently).
+    Every key must already exist in the config, or be a new argument of the component it lands in:
+    ``model.bbox_head.norm_cfg`` is accepted when the head's registered class (``RetinaHead``)
+    takes ``norm_cfg`` in its constructor, or a constructor of a base class it passes ``**kwargs``
+    to. A misspelt key is an error instead of a new, unused entry (``Config.merge_from_dict``
+    would add it silently).
 
     Raises:
-        ModelError: ``cfg_options`` is not a dict, or a key names no entry of the config; the
-            message names the first missing part and the keys that exist there.
+        ModelError: ``cfg_options`` is not a dict, or a key names no entry of the config and no
+            constructor argument of its component; the message names the first missing part and
+            the keys that exist there.
     """
     if not cfg_options:
         return
@@ -82,15 +86,56 @@ def apply_cfg_options(cfg, cfg_options: dict | None) -> None:
                          f"{{'model.test_cfg.score_thr': 0.3}}; got {type(cfg_options).__name__} {cfg_options!r}.")
     for key in cfg_options:
         node, done = cfg, []
-        for part in str(key).split("."):
+        parts = str(key).split(".")
+        for i, part in enumerate(parts):
             mapping = hasattr(node, "keys")  # mmengine's Config and ConfigDict
-            if not (mapping and part in node):
-                there = sorted(node.keys()) if mapping else type(node).__name__
-                raise ModelError(f"cfg_options key {key!r}: {'.'.join(done) or 'the config'} has no {part!r}"
-                                 f"{did_you_mean(part, there if isinstance(there, list) else [])} "
-                                 f"(it has: {there}). Keys must name existing entries of the preset's mmdet config.")
-            node, done = node[part], [*done, part]
+            if mapping and part in node:
+                node, done = node[part], [*done, part]
+                continue
+            if mapping and i == len(parts) - 1 and part in constructor_arguments(node):
+                break
+            there = sorted(node.keys()) if mapping else type(node).__name__
+            takes = sorted(constructor_arguments(node) - set(there)) if mapping else []
+            also = f"; its class {node.get('type')!r} also takes: {takes}" if takes else ""
+            raise ModelError(f"cfg_options key {key!r}: {'.'.join(done) or 'the config'} has no {part!r}"
+                             f"{did_you_mean(part, [*(there if isinstance(there, list) else []), *takes])} "
+                             f"(it has: {there}{also}). Keys must name existing entries of the preset's mmdet "
+                             "config or constructor arguments of the component they are in.")
     cfg.merge_from_dict(dict(cfg_options))
+
+
+def constructor_arguments(node) -> set[str]:
+    """Keyword arguments the registered class of a config node (``{"type": "RetinaHead", ...}``) takes.
+
+    Follows ``**kwargs`` up the class's bases (``RetinaHead`` passes them to ``AnchorHead``), so an
+    argument any constructor on that chain names is included. A node without a registered ``type``
+    (or whose class cannot be found in mmdet's ``MODELS`` registry) takes nothing beyond its keys.
+    """
+    import inspect
+
+    kind = node.get("type") if hasattr(node, "get") else None
+    if kind is None:
+        return set()
+    if isinstance(kind, str):
+        from mmdet.registry import MODELS
+        from mmdet.utils import register_all_modules
+
+        register_all_modules(init_default_scope=False)
+        cls = MODELS.get(kind)
+    else:
+        cls = kind
+    if not inspect.isclass(cls):
+        return set()
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters.values()
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return names
 
 
 def set_num_classes(cfg, num_classes: int) -> None:

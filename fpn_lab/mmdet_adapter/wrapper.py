@@ -42,6 +42,7 @@ def build_detector(preset, *, num_classes: int, pretrained: str = "none", neck: 
                       cfg_options=cfg_options)
     model = _build(cfg, preset, init_weights=True)
     model.neck_choice = {"neck": neck, "neck_args": dict(neck_args or {})}
+    model.cfg_options = dict(cfg_options or {})
     model.pretrained = pretrained
     return model
 

@@ -193,7 +193,7 @@ def neck_table(runs: Sequence[dict], baseline: str = "") -> list[dict]:
 def add_complexity(rows: list[dict], runs: Sequence[dict], repeats: int = 10) -> list[dict]:
     """Add ``flops``, ``neck_flops``, ``params``, ``neck_params`` and ``latency_1img_ms`` to each row
     of :func:`neck_table`, from the neck's model built untrained with the runs' own parameters
-    (preset, neck, neck_args, number of classes, image size): these do not depend on the weights.
+    (preset, neck, neck_args, cfg_options, number of classes, image size): these do not depend on the weights.
 
     FLOPs: :func:`fpn_lab.mmdet_adapter.complexity.count_flops` (mmengine's counter, one fused
     multiply-add = one FLOP, one ``3 x S x S`` input, no post-processing). Latency:
@@ -211,7 +211,7 @@ def add_complexity(rows: list[dict], runs: Sequence[dict], repeats: int = 10) ->
         p = m["params"]
         torch.manual_seed(0)
         model = build_model(p["selection"], num_classes=len(m["dataset"]["class_names"]), neck=p.get("neck", ""),
-                            neck_args=p.get("neck_args") or None)
+                            neck_args=p.get("neck_args") or None, cfg_options=p.get("cfg_options") or None)
         cost = count_flops(model, p["image_size"])
         r.update(params=cost["params"], neck_params=sum(q.numel() for q in model.neck.parameters()),
                  flops=cost["flops"], neck_flops=cost["neck_flops"], image_size=p["image_size"],
