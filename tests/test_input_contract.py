@@ -158,3 +158,30 @@ def test_run_records_the_model_that_was_evaluated_not_the_parameters_selection(f
     metrics = json.loads(run.finish(model=retinanet).read_text())
     assert metrics["preset"] == "retinanet_r18_fpn_1x" and metrics["model"]["neck"] == "FPN"
     assert metrics["selection_changed"] == {"parameter": "yolox_tiny_pafpn_300e", "trained": "retinanet_r18_fpn_1x"}
+
+
+def test_a_run_folder_it_named_itself_is_renamed_after_the_trained_preset(fridge, tmp_path, monkeypatch):
+    """The picker built RetinaNet R18 while the parameter cell said YOLOX-tiny: the run folder stayed
+    runs/<time>-yolox_tiny_pafpn_300e and the save cell wrote RetinaNet's model.pth into it."""
+    import fpn_lab.runner.context as context
+    from conftest import ROOT
+    from fpn_lab.learner.learner import make_learner
+    from fpn_lab.runner.params import notebook_parameters
+
+    monkeypatch.setattr(context, "project_path", lambda p: tmp_path / p)
+    class_map, records = fridge
+    notebook = ROOT / "notebooks" / "getting_started.ipynb"
+    namespace = {k: v["default"] for k, v in notebook_parameters(notebook).items()}
+    namespace.update(selection="yolox_tiny_pafpn_300e", data_dir=str(DATA / "fridge"), split="random", interactive=False)
+    run = context.Run.start(namespace, notebook=notebook)
+    assert run.dir.name.endswith("-yolox_tiny_pafpn_300e")
+    set_seed(0)
+    model = build_model("retinanet_r18_fpn_1x", num_classes=len(class_map))
+    dls = make_dataloaders(Dataset(records[:2], resize_and_pad(64)), Dataset(records[2:4], resize_and_pad(64)),
+                           batch_size=2)
+    learn = make_learner(dls, model, class_map, coco=False, cbs=run.callbacks(), path=run.dir)
+    learn.fit(1, 1e-4)
+    assert run.dir.name.endswith("-retinanet_r18_fpn_1x") and run.dir.is_dir()
+    assert [p.name for p in run.dir.parent.iterdir()] == [run.dir.name]  # moved, not copied
+    assert "epoch" in (run.dir / "run.log").read_text()  # the epoch lines followed the folder
+    assert run.selection_changed == {"parameter": "yolox_tiny_pafpn_300e", "trained": "retinanet_r18_fpn_1x"}

@@ -124,6 +124,7 @@ class PhaseTimer(Callback):
     def before_fit(self):
         from fastai.callback.schedule import LRFinder
 
+        self.timed_run.follow_model(self.learn.model, self.learn)  # the picker may have built another preset
         if "setup" not in self.timed_run.timing:
             self.timed_run.timing["setup"] = time.perf_counter() - self.timed_run.started
             self.timed_run._record_peak_rss("setup")

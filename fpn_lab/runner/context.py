@@ -90,6 +90,13 @@ def unique_run_dir(runs_dir: str | Path, name: str) -> Path:
     raise RuntimeError(f"no free run folder name under {base} for {name!r}")
 
 
+def _repoint(obj, old: Path, new: Path) -> None:
+    """Point ``obj``'s path attributes (``str`` or ``Path``) under folder ``old`` to the same place under ``new``."""
+    for key, value in list(vars(obj).items()):
+        if isinstance(value, (str, Path)) and value and (Path(value) == old or old in Path(value).parents):
+            setattr(obj, key, type(value)(new / Path(value).relative_to(old)))
+
+
 def default_run_name(preset_name: str) -> str:
     return f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{preset_name}"
 
@@ -182,6 +189,8 @@ class Run:
     def __init__(self, params: dict, run_dir: str | Path | None = None, preset_name: str = "run"):
         self.params = dict(params)
         self.dir = project_path(run_dir) if run_dir else unique_run_dir("runs", default_run_name(preset_name))
+        self._auto_named = run_dir is None  # runs/<timestamp>-<preset>: renamed if another preset is trained
+        self._callbacks: list = []
         self.dir.mkdir(parents=True, exist_ok=True)
         self.timing: dict[str, float] = {}
         self.peak_rss_mb: dict[str, float] = {}
@@ -304,7 +313,37 @@ class Run:
         (:mod:`fpn_lab.runner.tracking`)."""
         from fpn_lab.learner.progress import PhaseTimer
 
-        return [self.progress_callback(), PhaseTimer(self)] + ([self.tracker.callback()] if self.tracker else [])
+        self._callbacks = [self.progress_callback(), PhaseTimer(self)] + ([self.tracker.callback()] if self.tracker else [])
+        return list(self._callbacks)
+
+    def follow_model(self, model, learn=None) -> None:
+        """Make the run's records follow ``model`` when it is another preset than the ``selection``
+        parameter (the model picker built another one): ``metrics.json``'s ``preset`` becomes the
+        model's, ``selection_changed`` records both, and a folder this run named itself
+        (``runs/<timestamp>-<preset>``) is renamed after the model's preset; the paths into it that
+        ``learn`` (its ``path``) and the callbacks hold (``run.log``, ``last_good.pth``, TensorBoard's
+        folder) move with it. A folder given by ``run_dir`` or ``run_name`` keeps its name, as does one
+        shared by torchrun's processes. Called at each fit's start
+        (:class:`~fpn_lab.learner.progress.PhaseTimer`) and by :meth:`evaluate`; nothing happens when
+        the presets agree."""
+        trained = getattr(model, "preset", None)
+        if self.preset is None or trained is None or trained.name == self.preset.name:
+            return
+        old = self.preset.name
+        self.selection_changed = {"parameter": old, "trained": trained.name}
+        self.preset = trained
+        renamed = ""
+        if self._auto_named and not self.dist.distributed and self.dir.name.endswith(old):
+            new = unique_run_dir(self.dir.parent, self.dir.name[: -len(old)] + trained.name)
+            new.rmdir()  # made to reserve the name; the run's folder moves there
+            self.dir.rename(new)
+            old_dir, self.dir = self.dir, new
+            holders = [*self._callbacks, self.tracker, learn, *(getattr(learn, "cbs", None) or [])]
+            for obj in {id(o): o for o in holders if o is not None}.values():
+                _repoint(obj, old_dir, new)
+            renamed = f"; run folder renamed to {display_path(new)}"
+        print(f"note: the model is {trained.name}, not the parameter's selection {old}; metrics.json records the model "
+              f"that was trained{renamed}")
 
     def evaluate(self, model, dataset, class_map) -> dict:
         """COCO evaluation of ``model`` on ``dataset`` (:func:`~fpn_lab.inference.evaluate`),
@@ -326,6 +365,7 @@ class Run:
             raise DataError(f"run.evaluate: the validation split has no ground-truth box to score ({len(dataset)} images; "
                             "every box missing, crowd or difficult), so AP cannot be computed. Fix: validate on images "
                             "with annotated boxes (check the split and the annotations' difficult/iscrowd flags).")
+        self.follow_model(model)  # before anything is written, so the files land in the renamed folder
         with self.phase("evaluation"):
             result, detections, ev = evaluation(model, dataset, class_map)  # sharded under torchrun
         if self.dist.is_main:
@@ -333,14 +373,6 @@ class Run:
             write_json_atomic(self.path("ground_truth.json"), records_to_coco(dataset.records, class_map))
         self.result, self.evaluated_images = result, len(dataset)
         self._evaluation = (dataset.records, detections, class_map, ev)
-        trained = getattr(model, "preset", None)
-        if self.preset is not None and trained is not None and trained.name != self.preset.name:
-            # the model picker (or the user) built another preset than the parameter names: the run's
-            # records follow the model that was trained and evaluated
-            print(f"note: the evaluated model is {trained.name}, not the parameter's selection {self.preset.name}; "
-                  "metrics.json records the evaluated model")
-            self.selection_changed = {"parameter": self.preset.name, "trained": trained.name}
-            self.preset = trained
         return result
 
     def analyse(self, detection_threshold: float | str = "auto"):
