@@ -148,3 +148,23 @@ def test_dataset_params_that_fit_the_folder_validate(coco_fridge, tmp_path):
 def test_values_that_would_fail_in_the_notebook_fail_before_it(params, match):
     with pytest.raises(ParamsError, match=match):
         validate_params(params, NB)
+
+
+@pytest.mark.parametrize(("change", "says", "not_says"), [
+    ({"lr": 0.0, "lr_find_iters": 0}, "lr = 0.003", "lr: 0.003"),
+    ({"epochs": None}, "got None", "null"),
+    ({"strict": "yes"}, "True or False", "true or false"),
+    ({"data_format": True}, "got the boolean True", "YAML"),
+])
+def test_errors_in_the_notebook_cell_speak_python_not_yaml(tmp_path, change, says, not_says):
+    """A ParamsError raised by Run.start in the notebook suggested YAML (`lr: 0.003`, `null`)."""
+    from conftest import ROOT
+    from fpn_lab.runner.context import Run
+    from fpn_lab.runner.params import notebook_parameters
+
+    notebook = ROOT / "notebooks" / "getting_started.ipynb"
+    namespace = {k: v["default"] for k, v in notebook_parameters(notebook).items()}
+    namespace.update(run_dir=str(tmp_path / "r"), interactive=False, **change)
+    with pytest.raises(ParamsError, match=re.escape(says)) as err:
+        Run.start(namespace, notebook=notebook)
+    assert not_says not in str(err.value)

@@ -233,7 +233,7 @@ class Run:
             raise ParamsError(f"Run.start: parameters {missing} of {path.name} are not defined; run the parameters "
                               "cell first.")
         params = {k: namespace[k] for k in spec if k not in RUN_ONLY_PARAMS}
-        params, _ = validate_params(params, path, spec)
+        params, _ = validate_params(params, path, spec, syntax="python")
         preset = get_preset(params["selection"])
         from fpn_lab.device import check_amp, resolve_device
 

@@ -80,8 +80,12 @@ def _check_all_parsed(notebook, found: dict) -> None:
                           "as `name = literal  # comment`.")
 
 
-def coerce(name: str, value, default):
+def coerce(name: str, value, default, syntax: str = "yaml"):
     """Check ``value`` against the type of ``default``; returns ``(value, note or None)``.
+
+    ``syntax`` is where the value was written, for the words of the errors: ``"yaml"`` (a params
+    file or ``--set``: ``null``, ``true``) or ``"python"`` (the notebook's parameter cell: ``None``,
+    ``True``).
 
     Rules, for the traps of YAML 1.1 (what PyYAML reads):
 
@@ -103,21 +107,25 @@ def coerce(name: str, value, default):
             value = float(value)
         return check_threshold(value), None
     expected = type(default)
+    python = syntax == "python"
+    null, true_false = ("None", "True or False") if python else ("null", "true or false")
     if value is None:
         if default is None or expected is str:
             return None, None
-        raise ParamsError(f"{name}: got null, but it needs a {expected.__name__} (default {default!r}).")
+        raise ParamsError(f"{name}: got {null}, but it needs a {expected.__name__} (default {default!r}).")
     if isinstance(value, str) and value.strip() in ("None", "none") and expected is not str:
-        raise ParamsError(f"{name}: got the string {value!r}; write null (without quotes) for no value.")
-    if isinstance(value, str) and value.strip() == "None":
+        raise ParamsError(f"{name}: got the string {value!r}; write {null} (without quotes) for no value.")
+    if isinstance(value, str) and value.strip() == "None" and not python:
         raise ParamsError(f"{name}: got the string 'None'; write null for no value, or quote another name.")
     if name == "selection" and isinstance(value, (int, str)) and not isinstance(value, bool):
         return value, None
     if expected is bool:
         if isinstance(value, bool):
             return value, None
-        raise ParamsError(f"{name}: expected true or false, got {type(value).__name__} {value!r}.")
+        raise ParamsError(f"{name}: expected {true_false}, got {type(value).__name__} {value!r}.")
     if isinstance(value, bool):
+        if python:
+            raise ParamsError(f"{name}: expected {expected.__name__} (default {default!r}), got the boolean {value!r}.")
         raise ParamsError(f"{name}: expected {expected.__name__}, got the boolean {value!r}; YAML reads "
                           "yes/no/on/off/true/false as booleans: quote the value (on the command line: "
                           f"--set \"{name}='{'yes' if value else 'no'}'\").")
@@ -132,25 +140,29 @@ def coerce(name: str, value, default):
     if expected is int and isinstance(value, float) and value.is_integer():
         return int(value), None
     if expected is list and isinstance(value, list):
-        return _coerce_list(name, value, default), None
+        return _coerce_list(name, value, default, syntax), None
     if default is None or isinstance(value, expected):
         return value, None
     raise ParamsError(f"{name}: expected {expected.__name__} (default {default!r}), got {type(value).__name__} {value!r}.")
 
 
-def _coerce_list(name: str, value: list, default: list) -> list:
+def _coerce_list(name: str, value: list, default: list, syntax: str = "yaml") -> list:
     item_type = type(default[0]) if default else None
     for i, item in enumerate(value):
         if isinstance(item, bool) and item_type is not bool:
-            raise ParamsError(f"{name}[{i}] is a boolean ({item!r}); YAML reads yes/no/on/off as booleans: quote it.")
+            hint = "" if syntax == "python" else "; YAML reads yes/no/on/off as booleans: quote it"
+            raise ParamsError(f"{name}[{i}] is a boolean ({item!r}){hint}.")
         if item_type is not None and not isinstance(item, item_type):
             raise ParamsError(f"{name}[{i}]: expected {item_type.__name__}, got {type(item).__name__} {item!r}.")
     return value
 
 
-def validate_params(params: dict, notebook: str | Path, spec: dict | None = None) -> tuple[dict, list[str]]:
+def validate_params(params: dict, notebook: str | Path, spec: dict | None = None,
+                    syntax: str = "yaml") -> tuple[dict, list[str]]:
     """Validate ``params`` against ``notebook``'s parameters (``spec``: its
-    :func:`notebook_parameters`, when already read); returns ``(params, notes)``.
+    :func:`notebook_parameters`, when already read); returns ``(params, notes)``. ``syntax``:
+    ``"yaml"`` (params files, ``--set``) or ``"python"`` (the notebook's own cell, checked by
+    :meth:`~fpn_lab.runner.context.Run.start`) words the errors in that language.
 
     Raises:
         ParamsError: an unknown key (with close matches) or a value of the wrong type.
@@ -161,14 +173,15 @@ def validate_params(params: dict, notebook: str | Path, spec: dict | None = None
         if key not in spec:
             raise ParamsError(f"unknown parameter {key!r} for {Path(notebook).name}.{did_you_mean(key, spec)} "
                               f"Parameters: {', '.join(spec)}.")
-        out[key], note = coerce(key, value, spec[key]["default"])
+        out[key], note = coerce(key, value, spec[key]["default"], syntax)
         if note:
             notes.append(note)
     _check_values(out)
     merged = {**{k: v["default"] for k, v in spec.items()}, **out}
     if "lr" in merged and "lr_find_iters" in merged and not merged["lr"] and not merged["lr_find_iters"]:
-        raise ParamsError("lr = 0 asks for lr_find's suggestion, but lr_find_iters = 0 skips lr_find: set lr (e.g. "
-                          "lr: 0.003) or lr_find_iters >= 10.")
+        example = "lr = 0.003" if syntax == "python" else "lr: 0.003"
+        raise ParamsError(f"lr = 0 asks for lr_find's suggestion, but lr_find_iters = 0 skips lr_find: set lr (e.g. "
+                          f"{example}) or lr_find_iters >= 10.")
     return out, notes
 
 
