@@ -239,3 +239,13 @@ def test_a_training_split_without_any_box_is_refused(coco_fridge, tmp_path):
     (tmp_path / "images").symlink_to(coco_fridge / "images", target_is_directory=True)
     with pytest.raises(DataError, match=r"training split .* \(5 images\) has no box to train on"):
         open_dataset(tmp_path, split="random")
+
+
+def test_a_file_found_but_not_used_is_a_note_in_the_summary_not_a_warning(coco_two_files, caplog):
+    """'val.json is not used' printed twice in the notebook: in the summary and as a red stderr warning."""
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        data = open_dataset(coco_two_files, split="random")
+    assert "note: annotations/val.json is not used: split='random' splits annotations/train.json" in data.summary()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text

@@ -465,7 +465,7 @@ def open_dataset(data_dir: str | Path, *, data_format: str = "", split: str = "p
     if not any(r.train_mask.any() for r in train):
         raise DataError(f"the training split of {data_dir} ({len(train)} images) has no box to train on (none at all, "
                         "or only crowd regions): check that the annotations belong to these images.")
-    for note in layout.notes:
-        log.warning("%s", note)
+    for note in layout.notes:  # informational: the summary prints them
+        log.info("%s", note)
     return DatasetSplit(train, valid, class_map, layout.data_format, layout.split, Path(data_dir), layout.sources,
                         reports, seed if layout.split == "random" else None, layout.notes)
