@@ -253,3 +253,26 @@ def test_a_failed_run_is_failed_in_mlflow(tmp_path, monkeypatch):
     assert not ok
     mlflow.set_tracking_uri(uri)
     assert mlflow.search_runs(experiment_names=["fpn_lab"])["status"].tolist() == ["FAILED"]
+
+
+def test_the_html_shows_widgets_as_text_and_carries_no_control_characters(tmp_path):
+    """A widget output rendered as a blank area, and NUL / ESC from a cell's output were copied into the HTML."""
+    import nbformat
+
+    from fpn_lab.runner.papermill_run import render_html
+
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("picker")
+    cell.outputs = [
+        nbformat.v4.new_output("stream", name="stdout", text="a\x00b \x1b[31mred\x1b[0m lone\x1b done\x07\n"),
+        nbformat.v4.new_output("display_data", data={"application/vnd.jupyter.widget-view+json": {
+            "model_id": "f00", "version_major": 2, "version_minor": 0}, "text/plain": "ModelPicker(retinanet_r18_fpn_1x)"}),
+        nbformat.v4.new_output("display_data", data={"application/vnd.jupyter.widget-view+json": {
+            "model_id": "f01", "version_major": 2, "version_minor": 0}}),
+    ]
+    nb.cells = [cell]
+    nbformat.write(nb, str(tmp_path / "n.ipynb"))
+    html = render_html(tmp_path / "n.ipynb", tmp_path / "n.html").read_text()
+    assert not re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", html)
+    assert "ab" in html and "red</span>" in html and "lone done" in html  # the colour kept, the controls gone
+    assert "ModelPicker(retinanet_r18_fpn_1x)" in html and "an interactive widget: open the notebook in Jupyter" in html

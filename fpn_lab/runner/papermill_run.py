@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -49,18 +50,51 @@ def render_html(notebook: Path, html: Path, *, hide_input: bool = False) -> Path
 
     nbconvert's ``lab`` template minus its CDN scripts (``templates/fpn_lab_offline``), figures
     embedded as ``data:`` URIs. ``hide_input`` drops the code cells' input (outputs stay, so the
-    injected parameters remain visible through the run summary).
+    injected parameters remain visible through the run summary). Outputs are made static first
+    (:func:`static_outputs`): widgets, which need a live kernel, show their text form, and control
+    characters are removed.
     """
     import nbformat
     from nbconvert import HTMLExporter
 
     exporter = HTMLExporter(template_name="fpn_lab_offline", extra_template_basedirs=[str(TEMPLATES)],
                             embed_images=True, exclude_input=hide_input, exclude_input_prompt=hide_input)
-    body, _ = exporter.from_notebook_node(nbformat.read(str(notebook), as_version=4))
+    body, _ = exporter.from_notebook_node(static_outputs(nbformat.read(str(notebook), as_version=4)))
     tmp = html.with_name(html.name + ".tmp")
     tmp.write_text(body, encoding="utf-8")
     tmp.replace(html)
     return html
+
+
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+# C0 controls but tab, newline and carriage return, DEL, and ESC not starting an ANSI CSI
+# sequence (``ESC [``, which nbconvert turns into colours)
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1a\x1c-\x1f\x7f]|\x1b(?!\[)")
+
+
+def static_outputs(nb):
+    """Make an executed notebook's outputs render without a kernel (changes ``nb`` in place, returns it).
+
+    A widget output (``application/vnd.jupyter.widget-view+json``: the model picker, tqdm bars)
+    has no state in a saved notebook and renders as a blank area: it is replaced by its
+    ``text/plain`` form, or by a line saying a widget was there. Control characters in text
+    outputs (NUL, a lone ESC, ...; ANSI colour sequences are kept for nbconvert) are removed,
+    as they are invalid in HTML.
+    """
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if "text" in out and isinstance(out["text"], str):
+                out["text"] = _CONTROL.sub("", out["text"])
+            data = out.get("data")
+            if not data:
+                continue
+            if WIDGET_MIME in data:
+                del data[WIDGET_MIME]
+                data.setdefault("text/plain", "[an interactive widget: open the notebook in Jupyter to use it]")
+            for mime in ("text/plain", "text/html", "text/markdown"):
+                if isinstance(data.get(mime), str):
+                    data[mime] = _CONTROL.sub("", data[mime])
+    return nb
 
 
 def _headings(notebook: Path) -> dict[int, str]:
