@@ -146,11 +146,11 @@ def coco_ap(records, class_names, preds) -> tuple[float, float]:
     """AP and AP50 of one side's predictions with fpn_lab's COCO evaluation (pycocotools)."""
     import numpy as np
 
-    from fpn_lab.metrics.coco import coco_evaluate, detections_to_coco
+    from fpn_lab.metrics.coco import detections_to_coco, score_detections
 
     dets = [d for r, p in zip(records, preds)
             for d in detections_to_coco(r.image_id, np.asarray(p["boxes"]).reshape(-1, 4), p["scores"], p["labels"], class_names)]
-    res = coco_evaluate(records, dets, class_names)
+    res = score_detections(records, dets, class_names)[0]
     return res["AP"], res["AP50"]
 
 

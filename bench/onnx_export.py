@@ -34,7 +34,7 @@ def measure(kind: str, checkpoint: str, onnx_path: str) -> dict:
     from fpn_lab.data.parsers import VOCBBoxParser
     from fpn_lab.data.splits import VOCImageSetSplitter
     from fpn_lab.data.transforms import resize_and_pad
-    from fpn_lab.inference import evaluation, predict_dataset
+    from fpn_lab.inference import evaluate, predict_dataset
 
     torch.set_num_threads(2)
     base_mb = rss_mb()
@@ -62,7 +62,7 @@ def measure(kind: str, checkpoint: str, onnx_path: str) -> dict:
         predict_dataset(model, ds, batch_size=1, indices=[i])
         times.append(time.perf_counter() - t)
         peak = max(peak, rss_mb())
-    result, detections, _ = evaluation(model, ds, parser.class_map, batch_size=1)
+    result, detections = evaluate(model, ds, parser.class_map, batch_size=1)
     return {"kind": kind, "images": len(ds), "median_ms": 1000 * statistics.median(times),
             "p90_ms": 1000 * sorted(times)[int(0.9 * len(times))], "AP": result["AP"], "AP50": result["AP50"],
             "detections": len(detections), "peak_rss_mb": peak, "rss_after_imports_mb": base_mb}

@@ -244,14 +244,14 @@ def validation_curve(results_csv: Path) -> list[dict]:
 
 def coco_scores(predictions_json: Path, split) -> dict:
     """Ultralytics' test detections (its ``save_json`` output) scored by fpn_lab's COCO evaluation."""
-    from fpn_lab.metrics.coco import coco_evaluate
+    from fpn_lab.metrics.coco import score_detections
 
     ids = {r.filepath.stem: r.image_id for r in split.valid}
     detections = json.loads(predictions_json.read_text())
     for d in detections:  # Ultralytics' image_id is the file stem; category_id is label + 1, as VOC's in fpn_lab
         d["image_id"] = ids[str(d["image_id"])]
         d.pop("file_name", None)
-    scores = coco_evaluate(split.valid, detections, split.class_map)
+    scores = score_detections(split.valid, detections, split.class_map)[0]
     return {"AP": scores["AP"], "AP50": scores["AP50"], "AP75": scores["AP75"],
             "per_class_AP": scores["per_class_AP"], "detections": len(detections)}
 

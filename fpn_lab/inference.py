@@ -122,24 +122,25 @@ def image_losses(model, dataset, indices: Sequence[int] | None = None) -> dict[i
     return out
 
 
-def evaluate(model, dataset, class_map, batch_size: int = 8) -> tuple[dict, list[dict]]:
-    """COCO evaluation of ``model`` on ``dataset``: :func:`evaluation` without pycocotools' object."""
-    result, detections, _ = evaluation(model, dataset, class_map, batch_size)
-    return result, detections
+def evaluate(model, dataset, class_map, batch_size: int = 8, *, cocoeval: bool = False):
+    """COCO evaluation of ``model`` on ``dataset``: fpn_lab's one evaluation entry point (the
+    notebook's ``run.evaluate`` calls it and writes the files; the per-epoch metric scores the
+    same detections the same way).
 
-
-def evaluation(model, dataset, class_map, batch_size: int = 8):
-    """COCO evaluation of ``model`` on ``dataset``.
+    The model predicts every image letterboxed as it was trained (:func:`letterboxed_for`), boxes
+    are mapped back to original-image pixels and scored with
+    :func:`~fpn_lab.metrics.coco.score_detections`.
 
     Args:
         class_map: the dataset's :class:`~fpn_lab.core.class_map.ClassMap` (its category ids go
             into the results), or class names (ids ``label + 1``).
+        cocoeval: also return pycocotools' evaluated ``COCOeval``.
 
     Returns:
-        ``(result, detections, ev)``: the :func:`~fpn_lab.metrics.coco.coco_evaluation` result dict,
-        the COCO results list (the source's image and category ids: ``predictions.json``), and
-        pycocotools' evaluated ``COCOeval`` (``None`` when there was nothing to evaluate), which
-        :func:`fpn_lab.metrics.analysis.analyse` reads.
+        ``(result, detections)``: the :func:`~fpn_lab.metrics.coco.score_detections` result dict
+        and the COCO results list (the source's image and category ids: ``predictions.json``);
+        with ``cocoeval``, ``(result, detections, ev)``, ``ev`` being ``None`` when there was
+        nothing to evaluate (:func:`fpn_lab.metrics.analysis.analyse` reads it).
 
     Across processes (torchrun, :mod:`fpn_lab.distributed`) each process predicts every
     ``world_size``-th image, the predictions are gathered by image into the records' order, rank 0
@@ -149,7 +150,7 @@ def evaluation(model, dataset, class_map, batch_size: int = 8):
     Raises:
         ModelError: the model predicts another number of classes than ``class_map`` holds.
     """
-    from fpn_lab.metrics.coco import coco_evaluation
+    from fpn_lab.metrics.coco import score_detections
     from fpn_lab.models.build import check_num_classes
 
     from fpn_lab import distributed
@@ -164,8 +165,9 @@ def evaluation(model, dataset, class_map, batch_size: int = 8):
         preds = predict_dataset(model, dataset, batch_size)
     detections = [d for rec, p in zip(dataset.records, preds)
                   for d in detections_to_coco(rec.image_id, p["boxes"], p["scores"], p["labels"], class_map)]
-    result, ev = coco_evaluation(dataset.records, detections, class_map) if ctx.is_main else (None, None)
-    return distributed.broadcast(result), detections, ev
+    result, ev = score_detections(dataset.records, detections, class_map) if ctx.is_main else (None, None)
+    result = distributed.broadcast(result)
+    return (result, detections, ev) if cocoeval else (result, detections)
 
 
 ON_ERROR = ("raise", "skip")

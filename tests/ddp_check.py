@@ -71,7 +71,7 @@ def train(out: Path) -> None:
 
 def evaluate(out: Path, checkpoint: Path) -> None:
     from fpn_lab.checkpoint import load_checkpoint
-    from fpn_lab.inference import evaluation
+    from fpn_lab.inference import evaluate as evaluate_model
 
     ctx = distributed.init("cpu")
     torch.set_num_threads(1)
@@ -79,7 +79,7 @@ def evaluate(out: Path, checkpoint: Path) -> None:
     parser = VOCBBoxParser(ROOT / "data" / "fridge" / "annotations", ROOT / "data" / "fridge" / "images")
     records = parser.parse(SingleSplitSplitter())[0]
     ds = Dataset(records[:5], resize_and_pad(128))  # 5 images: shares of 3 and 2
-    result, detections, ev = evaluation(model, ds, parser.class_map, batch_size=2)
+    result, detections, ev = evaluate_model(model, ds, parser.class_map, batch_size=2, cocoeval=True)
     everyone = distributed.all_gather({"AP": result["AP"], "n": len(detections), "has_ev": ev is not None})
     if ctx.is_main:
         out.write_text(json.dumps({"result": result, "detections": detections, "per_rank": everyone}))

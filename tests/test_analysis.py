@@ -11,7 +11,7 @@ import pytest
 from fpn_lab.core.records import Record
 from fpn_lab.errors import ParamsError
 from fpn_lab.metrics.analysis import analyse, check_threshold, match_image
-from fpn_lab.metrics.coco import coco_evaluation
+from fpn_lab.metrics.coco import score_detections
 
 NAMES = ["a", "b", "c"]
 
@@ -36,7 +36,7 @@ def _hand_case():
 
 def test_confusion_matrix_of_a_hand_computed_case():
     records, dets = _hand_case()
-    result, ev = coco_evaluation(records, dets, NAMES)
+    result, ev = score_detections(records, dets, NAMES)
     an = analyse(records, dets, NAMES, result, ev, score_threshold=0.5)
     # rows: true a, b, c, background; columns: predicted a, b, c, background
     assert an.confusion.tolist() == [[1, 0, 0, 0],
@@ -75,7 +75,7 @@ def test_curves_agree_with_coco_s_own_numbers(bccd_records):
             x, y = rng.uniform(0, 500, 2)
             dets.append(_det(r.image_id, int(rng.integers(3)), (x, y, x + 40, y + 40), float(rng.uniform(0, 0.6))))
     names = ["Platelets", "RBC", "WBC"]
-    result, ev = coco_evaluation(records, dets, names)
+    result, ev = score_detections(records, dets, names)
     an = analyse(records, dets, names, result, ev)
     for k, name in enumerate(names):
         n_gt = sum(int((r.labels == k).sum()) for r in records)
@@ -98,7 +98,7 @@ def test_ap_by_size_counts_the_boxes_and_says_when_a_range_is_empty():
     recs = [Record(1, "x.png", 300, 300, [[0, 0, 20, 20], [0, 0, 50, 50], [100, 100, 160, 160]], [0, 0, 1],
                    difficult=[False, False, True])]
     dets = [_det(1, 0, (0, 0, 20, 20), 0.9), _det(1, 0, (0, 0, 50, 50), 0.8)]
-    result, ev = coco_evaluation(recs, dets, NAMES)
+    result, ev = score_detections(recs, dets, NAMES)
     by_size = analyse(recs, dets, NAMES, result, ev, 0.5).by_size
     assert by_size["small"]["boxes"] == 1 and by_size["medium"]["boxes"] == 1
     assert by_size["small"]["AP"] == pytest.approx(1.0) and by_size["medium"]["AP"] == pytest.approx(1.0)
@@ -110,7 +110,7 @@ def test_ap_by_size_counts_the_boxes_and_says_when_a_range_is_empty():
 
 def test_no_detections_gives_no_curves_and_an_explicit_threshold():
     records, _ = _hand_case()
-    result, ev = coco_evaluation(records, [], NAMES)
+    result, ev = score_detections(records, [], NAMES)
     an = analyse(records, [], NAMES, result, ev, score_threshold="auto")
     assert ev is None and an.f1 is None and math.isnan(an.best_threshold) and an.score_threshold == 0.5
     assert an.confusion[:, 3].tolist() == [1, 1, 1, 0]  # every scored box missed
@@ -143,7 +143,7 @@ def test_auto_threshold_suggests_nothing_when_every_f1_is_zero():
     """Detections that never hit a box make every F1 0; auto used to pick the first threshold, 0.00."""
     records, _ = _hand_case()
     dets = [_det(1, 0, (200, 0, 220, 20), 0.9), _det(1, 1, (250, 250, 290, 290), 0.4)]  # both on background
-    result, ev = coco_evaluation(records, dets, NAMES)
+    result, ev = score_detections(records, dets, NAMES)
     an = analyse(records, dets, NAMES, result, ev, score_threshold="auto")
     assert ev is not None and np.nanmax(an.f1) == 0
     assert math.isnan(an.best_threshold) and an.best_mean_f1 == 0.0 and an.score_threshold == 0.5
@@ -158,7 +158,7 @@ def test_a_wrong_class_box_with_a_higher_iou_does_not_take_a_box_found_by_its_cl
     rec = Record(1, "x.png", 100, 100, [[10, 10, 50, 50]], [0])
     dets = [_det(1, 1, (10, 10, 50, 52), 0.9),   # class b, IoU 0.95
             _det(1, 0, (10, 10, 50, 62), 0.8)]   # class a (right), IoU 0.77
-    result, ev = coco_evaluation([rec], dets, NAMES)
+    result, ev = score_detections([rec], dets, NAMES)
     an = analyse([rec], dets, NAMES, result, ev, score_threshold=0.5)
     j = int(np.argmin(np.abs(an.thresholds - 0.5)))
     assert an.precision[0, j] == 1.0 and an.recall[0, j] == 1.0  # COCO's own matching: a found

@@ -202,10 +202,10 @@ def test_sharded_evaluation_equals_one_process(tmp_path, overfit_checkpoint):
     from fpn_lab.checkpoint import load_checkpoint
     from fpn_lab.data.dataloaders import Dataset
     from fpn_lab.data.transforms import resize_and_pad
-    from fpn_lab.inference import evaluation
+    from fpn_lab.inference import evaluate
 
     path, parser, records = overfit_checkpoint
-    single, single_dets, _ = evaluation(load_checkpoint(path)[0], Dataset(records, resize_and_pad(128)),
+    single, single_dets = evaluate(load_checkpoint(path)[0], Dataset(records, resize_and_pad(128)),
                                         parser.class_map, batch_size=2)
     assert single["AP50"] > 0.2  # something to compare: the overfit images are found
     out = tmp_path / "eval.json"

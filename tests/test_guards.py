@@ -114,7 +114,7 @@ def test_a_too_high_learning_rate_stops_at_the_first_non_finite_loss(tmp_path):
 def test_user_mistakes_raise_the_projects_error_classes(fridge):
     from fpn_lab.errors import DataError, ParamsError
     from fpn_lab.learner.learner import find_lr
-    from fpn_lab.metrics.coco import coco_evaluate, detections_to_coco
+    from fpn_lab.metrics.coco import detections_to_coco, score_detections
 
     class_map, records = fridge
     ds = Dataset(records[:4], resize_and_pad(64))
@@ -128,4 +128,4 @@ def test_user_mistakes_raise_the_projects_error_classes(fridge):
         model(torch.zeros(1, 3, 64, 64, dtype=torch.uint8), None)
     dets = detections_to_coco(999, records[0].boxes, [0.9] * records[0].num_boxes, records[0].labels, class_map)
     with pytest.raises(DataError, match=r"image ids that are not in the ground truth: \[999\]"):
-        coco_evaluate(records[:2], dets, class_map)
+        score_detections(records[:2], dets, class_map)[0]

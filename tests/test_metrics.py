@@ -12,13 +12,13 @@ from conftest import CASES
 from fpn_lab.core.records import Record
 from fpn_lab.data.parsers import COCOBBoxParser
 from fpn_lab.data.splits import SingleSplitSplitter
-from fpn_lab.metrics.coco import coco_evaluate, detections_to_coco
+from fpn_lab.metrics.coco import detections_to_coco, score_detections
 
 
 def test_ground_truth_fed_as_detections_gives_ap_1(bccd_records):
     parser, _, test = bccd_records
     dets = [d for r in test for d in detections_to_coco(r.image_id, r.boxes, np.ones(len(r.boxes)), r.labels, parser.class_map)]
-    res = coco_evaluate(test, dets, parser.class_map.names)
+    res = score_detections(test, dets, parser.class_map.names)[0]
     assert res["AP"] == pytest.approx(1.0) and res["AP50"] == pytest.approx(1.0)
     assert all(v == pytest.approx(1.0) for v in res["per_class_AP"].values())
 
@@ -26,21 +26,21 @@ def test_ground_truth_fed_as_detections_gives_ap_1(bccd_records):
 def test_shifted_detections_lower_ap_as_pycocotools_does(bccd_records):
     parser, _, test = bccd_records
     dets = [d for r in test for d in detections_to_coco(r.image_id, r.boxes + 6.0, np.ones(len(r.boxes)), r.labels, parser.class_map)]
-    res = coco_evaluate(test, dets, parser.class_map.names)
+    res = score_detections(test, dets, parser.class_map.names)[0]
     assert 0.0 < res["AP"] < res["AP50"] <= 1.0
 
 
 def test_r13_no_detections_is_zero_not_minus_one():
     parser = COCOBBoxParser(CASES / "R13" / "gt_one_box.json", CASES / "R13" / "images")
     (records,) = parser.parse(SingleSplitSplitter())
-    res = coco_evaluate(records, json.loads((CASES / "R13" / "predictions_empty.json").read_text()), parser.class_map.names)
+    res = score_detections(records, json.loads((CASES / "R13" / "predictions_empty.json").read_text()), parser.class_map.names)[0]
     assert res["AP"] == 0.0 and res["AR100"] == 0.0 and res["message"] == "no detections"
 
 
 def test_r13_no_ground_truth_is_nan_with_a_message():
     parser = COCOBBoxParser(CASES / "R13" / "gt_no_annotations.json", CASES / "R13" / "images")
     (records,) = parser.parse(SingleSplitSplitter())
-    res = coco_evaluate(records, json.loads((CASES / "R13" / "predictions_one_fp.json").read_text()), parser.class_map.names)
+    res = score_detections(records, json.loads((CASES / "R13" / "predictions_one_fp.json").read_text()), parser.class_map.names)[0]
     assert math.isnan(res["AP"]) and res["message"] == "no ground-truth boxes"
 
 
@@ -48,13 +48,13 @@ def test_r13_one_false_positive_gives_zero():
     parser = COCOBBoxParser(CASES / "R13" / "gt_one_box.json", CASES / "R13" / "images")
     (records,) = parser.parse(SingleSplitSplitter())
     far = [{"image_id": 1, "category_id": 1, "bbox": [50, 40, 5, 5], "score": 0.9}]
-    assert coco_evaluate(records, far, parser.class_map.names)["AP"] == 0.0
+    assert score_detections(records, far, parser.class_map.names)[0]["AP"] == 0.0
 
 
 def test_difficult_boxes_are_ignored_not_false_negatives():
     rec = Record(1, "x.png", 100, 100, [[10, 10, 50, 50], [60, 60, 90, 90]], [0, 0], difficult=[False, True])
     dets = detections_to_coco(1, np.array([[10, 10, 50, 50]]), np.array([0.9]), np.array([0]), ["a"])
-    assert coco_evaluate([rec], dets, ["a"])["AP"] == pytest.approx(1.0)
+    assert score_detections([rec], dets, ["a"])[0]["AP"] == pytest.approx(1.0)
 
 
 def test_evaluate_writes_coco_results_in_original_pixels(bccd_records):
@@ -81,9 +81,9 @@ def test_r01_detections_on_a_negative_image_are_false_positives_only():
     pos = next(r for r in records if r.num_boxes)
     neg = next(r for r in records if not r.num_boxes)
     hit = detections_to_coco(pos.image_id, pos.boxes, np.array([0.9]), pos.labels, parser.class_map)
-    assert coco_evaluate(records, hit, parser.class_map.names)["AP"] == pytest.approx(1.0)
+    assert score_detections(records, hit, parser.class_map.names)[0]["AP"] == pytest.approx(1.0)
     fp = detections_to_coco(neg.image_id, np.array([[1, 1, 20, 20]]), np.array([0.95]), np.array([0]), parser.class_map)
-    res = coco_evaluate(records, hit + fp, parser.class_map.names)
+    res = score_detections(records, hit + fp, parser.class_map.names)[0]
     assert res["AP"] < 1.0 and res["AR100"] == pytest.approx(1.0)  # precision drops, recall does not
 
 
@@ -140,7 +140,7 @@ def test_predictions_score_the_same_against_the_users_own_file(tmp_path):
         dets += detections_to_coco(r.image_id, boxes, rng.uniform(0.1, 1, len(boxes)), labels, parser.class_map)
     assert {d["image_id"] for d in dets} == {im["id"] for im in json.loads(path.read_text())["images"]}
     assert {d["category_id"] for d in dets} <= {0, 3, 7, 12}
-    ours = coco_evaluate(records, dets, parser.class_map)
+    ours = score_detections(records, dets, parser.class_map)[0]
     theirs = _pycocotools_stats(path, dets)
     assert 0.05 < ours["AP"] < 0.95
     assert [ours[k] for k in ("AP", "AP50", "AP75")] == pytest.approx(theirs[:3], abs=1e-12)
@@ -156,7 +156,7 @@ def test_r09_category_ids_from_zero_out_of_order_map_back():
     perfect = json.loads((case / "predictions_perfect.json").read_text())
     assert [(d["image_id"], d["category_id"], d["bbox"]) for d in sorted(dets, key=key)] == \
            [(d["image_id"], d["category_id"], d["bbox"]) for d in sorted(perfect, key=key)]
-    assert coco_evaluate([rec], dets, parser.class_map)["AP"] == pytest.approx(1.0)
+    assert score_detections([rec], dets, parser.class_map)[0]["AP"] == pytest.approx(1.0)
     assert _pycocotools_stats(case / "annotations.json", dets)[0] == pytest.approx(1.0)
 
 
@@ -167,7 +167,7 @@ def test_r12_string_image_ids_stay_strings():
     dets = [d for r in records for d in detections_to_coco(r.image_id, r.boxes, np.ones(len(r.boxes)), r.labels,
                                                             parser.class_map)]
     assert {d["image_id"] for d in dets} == {"img_a", "2"}
-    assert coco_evaluate(records, dets, parser.class_map)["AP"] == pytest.approx(1.0)
+    assert score_detections(records, dets, parser.class_map)[0]["AP"] == pytest.approx(1.0)
     assert _pycocotools_stats(case / "annotations_string_ids.json", dets)[0] == pytest.approx(1.0)
 
 
@@ -190,7 +190,7 @@ def test_records_sharing_ids_are_refused_by_the_dataset_and_the_evaluation(bccd_
     dets = [d for r in twice for d in detections_to_coco(r.image_id, r.boxes, np.ones(len(r.boxes)), r.labels,
                                                           parser.class_map)]
     with pytest.raises(DataError, match="2 image id.* more than one record"):
-        coco_evaluate(twice, dets, parser.class_map)
+        score_detections(twice, dets, parser.class_map)[0]
 
 
 def test_dataset_of_parse_output_names_the_split_lists(bccd_records):

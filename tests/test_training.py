@@ -193,7 +193,7 @@ def test_coco_metric_scores_the_loader_that_was_validated(fridge):
     import dataclasses
     import math
 
-    from fpn_lab.metrics.coco import coco_evaluate
+    from fpn_lab.metrics.coco import score_detections
 
     parser, records = fridge
     empty = [dataclasses.replace(r, boxes=np.zeros((0, 4), np.float32), labels=np.zeros(0, np.int64),
@@ -207,7 +207,7 @@ def test_coco_metric_scores_the_loader_that_was_validated(fridge):
         _, ap, ap50 = learn.validate(ds_idx=0)
     assert not math.isnan(ap) and not math.isnan(ap50)
     assert {d["image_id"] for d in acc.detections} <= {r.image_id for r in records[:4]} and acc.detections
-    assert ap == coco_evaluate(records[:4], acc.detections, parser.class_map)["AP"]
+    assert ap == score_detections(records[:4], acc.detections, parser.class_map)[0]["AP"]
     with learn.no_bar(), learn.no_logging():
         _, ap, _ = learn.validate()  # the valid split (no boxes): nothing to score
     assert math.isnan(ap)

@@ -28,7 +28,7 @@ class COCOMetric:
         metric_type: ``COCOMetricType.bbox`` (masks and keypoints are not supported).
         print_summary: accepted for IceVision's signature; the summary is in ``learn.coco.result``.
         keys: the COCO statistics to show (``AP``, ``AP50``, ``AP75``, ``AP_small``...; see
-            :func:`fpn_lab.metrics.coco.coco_evaluate`).
+            :func:`fpn_lab.metrics.coco.score_detections`).
 
     Raises:
         ParamsError: a mask or keypoint metric, or an unknown key.

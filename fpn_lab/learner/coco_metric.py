@@ -8,7 +8,7 @@ import math
 
 from fastai.learner import Metric
 
-from fpn_lab.metrics.coco import coco_evaluate, detections_to_coco
+from fpn_lab.metrics.coco import detections_to_coco, score_detections
 
 
 class COCOAccumulator:
@@ -17,8 +17,8 @@ class COCOAccumulator:
     Ground truth is the records of the loader being validated (``learn.dl``: ``learn.dls.valid``,
     or the training loader for ``learn.validate(ds_idx=0)``). After a validation pass,
     :attr:`detections` holds the COCO results list (in the records' order) and :attr:`result`
-    the full :func:`~fpn_lab.metrics.coco.coco_evaluate` dict. Across processes each one holds
-    its share's detections until :meth:`evaluate` gathers them by image (an image padded into two
+    the full :func:`~fpn_lab.metrics.coco.score_detections` dict. Across processes each one holds
+    its share's detections until :meth:`compute` gathers them by image (an image padded into two
     shares counted once), evaluates on rank 0 and broadcasts the result
     (:mod:`fpn_lab.distributed`), so the metric equals one process's.
     """
@@ -45,14 +45,16 @@ class COCOAccumulator:
             self.by_record[t["record_id"]] = detections_to_coco(t["image_id"], boxes, p["scores"].cpu().numpy(),
                                                               p["labels"].cpu().numpy(), learn.class_map)
 
-    def evaluate(self) -> dict:
+    def compute(self) -> dict:
+        """Score the pass's detections (once; later calls return the same dict)."""
         from fpn_lab import distributed
 
         if self.result is None:
             records = (self.dataset or self.learn.dls.valid.dataset).records
             by_record = distributed.gather_by_key(self.by_record) if distributed.initialized() else self.by_record
             self.detections = [d for r in records for d in by_record.get(r.record_id, ())]
-            result = coco_evaluate(records, self.detections, self.learn.class_map) if distributed.is_main() else None
+            result = (score_detections(records, self.detections, self.learn.class_map)[0]
+                      if distributed.is_main() else None)
             self.result = distributed.broadcast(result)
         return self.result
 
@@ -79,7 +81,7 @@ class COCOStat(Metric):
     def value(self):
         if self.acc.learn is None:
             return math.nan
-        return self.acc.evaluate()[self.key]
+        return self.acc.compute()[self.key]
 
     @property
     def name(self):

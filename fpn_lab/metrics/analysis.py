@@ -264,7 +264,7 @@ def match_image(gt_boxes, gt_ignore, boxes, iou: float = IOU, gt_labels=None, la
 
 def analyse(records: Sequence[Record], detections: list[dict], class_map, result: dict, ev,
             score_threshold: float | str = "auto") -> Analysis:
-    """Analyse an evaluation (:func:`fpn_lab.metrics.coco.coco_evaluation`'s ``result`` and ``ev``).
+    """Analyse an evaluation (:func:`fpn_lab.metrics.coco.score_detections`' ``result`` and ``ev``).
 
     Args:
         records: the evaluated records (ground truth in original pixels).

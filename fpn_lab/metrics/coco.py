@@ -91,13 +91,10 @@ def detections_to_coco(image_id, boxes: np.ndarray, scores: np.ndarray, labels: 
     return out
 
 
-def coco_evaluate(records: Sequence[Record], detections: list[dict], class_map: ClassMap | Sequence[str]) -> dict:
-    """:func:`coco_evaluation`'s result dict alone."""
-    return coco_evaluation(records, detections, class_map)[0]
-
-
-def coco_evaluation(records: Sequence[Record], detections: list[dict], class_map: ClassMap | Sequence[str]):
-    """Evaluate COCO-format ``detections`` (source ids, see :func:`detections_to_coco`) against ``records``.
+def score_detections(records: Sequence[Record], detections: list[dict], class_map: ClassMap | Sequence[str]):
+    """Score COCO-format ``detections`` (source ids, see :func:`detections_to_coco`) against
+    ``records`` with pycocotools' ``COCOeval`` (bbox). To predict and score a model on a dataset,
+    use :func:`fpn_lab.inference.evaluate`.
 
     Returns:
         ``{"AP": ..., "AP50": ..., <the 12 COCO stats>, "per_class_AP": {name: AP}, "message": str}``.
@@ -155,7 +152,7 @@ def coco_evaluation(records: Sequence[Record], detections: list[dict], class_map
 
 
 def per_class_table(result: dict):
-    """``coco_evaluate``'s per-class AP@[.5:.95] as a pandas DataFrame (index ``class``, column ``AP``)."""
+    """:func:`score_detections`' per-class AP@[.5:.95] as a pandas DataFrame (index ``class``, column ``AP``)."""
     import pandas as pd
 
     return pd.DataFrame({"AP": result["per_class_AP"]}).rename_axis("class")

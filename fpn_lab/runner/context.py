@@ -357,7 +357,7 @@ class Run:
                 'ok' with NaN metrics.
         """
         from fpn_lab.errors import DataError
-        from fpn_lab.inference import evaluation
+        from fpn_lab.inference import evaluate
         from fpn_lab.metrics.coco import records_to_coco
 
         scored = sum(int((~(r.iscrowd | r.difficult)).sum()) for r in dataset.records)
@@ -367,7 +367,7 @@ class Run:
                             "with annotated boxes (check the split and the annotations' difficult/iscrowd flags).")
         self.follow_model(model)  # before anything is written, so the files land in the renamed folder
         with self.phase("evaluation"):
-            result, detections, ev = evaluation(model, dataset, class_map)  # sharded under torchrun
+            result, detections, ev = evaluate(model, dataset, class_map, cocoeval=True)  # sharded under torchrun
         if self.dist.is_main:
             write_json_atomic(self.path("predictions.json"), detections)
             write_json_atomic(self.path("ground_truth.json"), records_to_coco(dataset.records, class_map))
