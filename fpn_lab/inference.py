@@ -48,8 +48,10 @@ def predict_batches(model, batches: Iterable[tuple[torch.Tensor, Sequence[Geomet
 
 
 def letterboxed_for(model, dataset):
-    """``dataset`` as ``model`` is fed: its letterbox (size and position) filled with
-    ``model.pad_value``, a training dataset's augmentation left out. Returns ``dataset`` itself
+    """``dataset`` as ``model`` is fed: letterboxed to the model's ``image_size`` and
+    ``pad_position`` where it has them (an :class:`~fpn_lab.export.OnnxDetector`; else the
+    dataset's own size and position), filled with ``model.pad_value``, a training dataset's
+    augmentation left out. Returns ``dataset`` itself
     when it already is; otherwise a :class:`~fpn_lab.data.dataloaders.Dataset` over the same
     records sharing the decoded-image cache. Every path that predicts on a dataset goes through it,
     so a dataset letterboxed with another fill (IceVision's ``Adapter`` defaults to 114 grey, while
@@ -58,10 +60,12 @@ def letterboxed_for(model, dataset):
     from fpn_lab.data.transforms import Augment, Letterbox
 
     box = dataset.tfms.letterbox if isinstance(dataset.tfms, Augment) else dataset.tfms
-    if not isinstance(dataset.tfms, Augment) and box.pad_value == tuple(model.pad_value):
+    size = int(getattr(model, "image_size", None) or box.size)  # an exported model's input side is fixed
+    position = getattr(model, "pad_position", None) or box.position
+    if not isinstance(dataset.tfms, Augment) and (box.size, box.position, box.pad_value) == \
+            (size, position, tuple(model.pad_value)):
         return dataset
-    view = Dataset(dataset.records, Letterbox(box.size, model.pad_value, box.position),
-                   cache_images=dataset.cache_images)
+    view = Dataset(dataset.records, Letterbox(size, model.pad_value, position), cache_images=dataset.cache_images)
     view._cache = dataset._cache
     return view
 
