@@ -230,3 +230,46 @@ def test_cfg_options_may_add_a_constructor_argument_and_survive_a_reload(fridge,
 def test_cfg_options_keys_that_no_constructor_takes_are_errors(key, named):
     with pytest.raises(ModelError, match=rf"has no '{key.rsplit('.', 1)[1]}'.*{named}"):
         build_model("retinanet_r18_fpn_1x", num_classes=3, cfg_options={key: 1})
+
+
+def test_weights_that_leave_more_than_the_class_layers_unloaded_are_an_error(trained, tmp_path):
+    """A checkpoint filling 60 % of the model was a log warning; training went on from a half-random model."""
+    state = trained.detector.state_dict()
+    dropped = [k for k in state if k.startswith("neck.")]  # e.g. written with another neck
+    path = tmp_path / "partial.pth"
+    torch.save({"state_dict": {k: v for k, v in state.items() if k not in dropped}}, path)
+    counted = [k for k in dropped if not k.endswith("num_batches_tracked")]  # a step counter changes no prediction
+    with pytest.raises(ModelError, match=rf"{len(counted)} of the model's \d+ tensors beyond the class-dependent layers.*"
+                                         r"allow_partial=True"):
+        build_model(PRESET, num_classes=4, weights=path)
+    model = build_model(PRESET, num_classes=4, weights=path, allow_partial=True)
+    assert sorted(model.weights_report.not_in_checkpoint) == sorted(dropped)
+
+
+def test_an_fpn_lab_checkpoint_with_another_neck_is_refused_by_name(fridge, tmp_path):
+    class_map, _ = fridge
+    torch.manual_seed(0)
+    bifpn = build_model(PRESET, num_classes=len(class_map), neck="bifpn", neck_args={"num_repeats": 1})
+    path = save_checkpoint(tmp_path / "bifpn.pth", bifpn, class_map, image_size=64)
+    with pytest.raises(ModelError, match=r"trained with neck bifpn \{'num_repeats': 1\}, but neck the preset's own "
+                                         r"was asked for.*neck='bifpn', neck_args=\{'num_repeats': 1\}"):
+        build_model(PRESET, num_classes=len(class_map), weights=path)
+    again = build_model(PRESET, num_classes=len(class_map), weights=path, neck="bifpn", neck_args={"num_repeats": 1})
+    assert not again.skipped_weights
+
+
+def test_without_class_names_the_checkpoints_class_order_is_remembered_and_checked(fridge, trained, tmp_path):
+    from fpn_lab.data.dataloaders import Dataset
+    from fpn_lab.data.transforms import resize_and_pad
+    from fpn_lab.inference import evaluate
+
+    class_map, _ = fridge
+    path = save_checkpoint(tmp_path / "model.pth", trained, class_map, image_size=64)
+    model = build_model(PRESET, num_classes=len(class_map), weights=path)
+    assert model.class_names == list(class_map.names)
+    (records,) = VOCBBoxParser(DATA / "fridge" / "annotations", DATA / "fridge" / "images").parse(SingleSplitSplitter())
+    swapped = ClassMap(list(reversed(class_map.names)))
+    with pytest.raises(ModelError, match="its labels would be swapped"):
+        evaluate(model, Dataset(records[:1], resize_and_pad(64)), swapped)
+    with pytest.raises(ModelError, match="its labels would be swapped"):
+        save_checkpoint(tmp_path / "again.pth", model, swapped, image_size=64)

@@ -28,7 +28,7 @@ def normalize_pretrained(pretrained) -> str:
 
 def build_model(selection, *, num_classes: int, pretrained=False, weights: str | Path | None = None,
                 neck: str | None = None, neck_args: dict | None = None, class_names=None,
-                cfg_options: dict | None = None):
+                cfg_options: dict | None = None, allow_partial: bool = False):
     """Build a detector from the catalogue.
 
     Args:
@@ -50,11 +50,17 @@ def build_model(selection, *, num_classes: int, pretrained=False, weights: str |
             own (fpn_lab's ``class_names``, mmdet's ``meta.dataset_meta.classes`` or
             ``meta.CLASSES``): the same names in another order are an error (the head's rows would
             predict swapped labels); other classes re-initialise the class-dependent layers (a
-            fine-tune), with a warning naming them.
+            fine-tune), with a warning naming them. Without ``class_names``, the checkpoint's
+            names are kept as ``model.class_names``, and training, evaluating or saving with a
+            class map that orders them otherwise is an error
+            (:func:`check_num_classes`).
         cfg_options: overrides of the preset's mmdet config, ``{"model.test_cfg.score_thr": 0.3}``
             (mmdet's ``--cfg-options``; IceVision's ``model(..., cfg_options=)``), applied last; a key
             that names no config entry is a ``ModelError``
             (:func:`~fpn_lab.mmdet_adapter.config.apply_cfg_options`).
+        allow_partial: accept weights that leave tensors other than the class-dependent layers
+            at their initialisation (another neck or head, a changed config): a fine-tune from a
+            partial start, reported in ``model.weights_report``. Default: such a load is an error.
 
     Returns:
         :class:`~fpn_lab.mmdet_adapter.wrapper.MMDetModel`; ``model.weights_report`` is the
@@ -62,8 +68,10 @@ def build_model(selection, *, num_classes: int, pretrained=False, weights: str |
         ``model.skipped_weights`` lists the model tensors that kept their initialisation.
 
     Raises:
-        ModelError: fewer than half of the model's tensors load from the checkpoint, or its
-            classes are the dataset's in another order.
+        ModelError: a tensor other than the class-dependent layers does not load (unless
+            ``allow_partial``; fewer than half loading is an error always), the checkpoint's
+            recorded neck (fpn_lab checkpoints) is not the one asked for, or its classes are the
+            dataset's in another order.
         WeightsUnavailableError: the weights cannot be downloaded or the file does not exist.
     """
     from fpn_lab.mmdet_adapter.wrapper import build_detector, class_dependent_keys
@@ -76,6 +84,7 @@ def build_model(selection, *, num_classes: int, pretrained=False, weights: str |
     if mode == "coco":
         path = Path(weights) if weights is not None else download_weights(preset.weights_url)
         ckpt = read_checkpoint(path)
+        _check_same_neck(ckpt, path, neck, neck_args)
         skip = ()
         saved = saved_class_names(ckpt)
         if saved is not None and class_names is not None and list(saved) != list(class_names):
@@ -89,8 +98,35 @@ def build_model(selection, *, num_classes: int, pretrained=False, weights: str |
         model.weights_report = load_matching(model.detector, state_dict_from(ckpt, str(path)), source=str(path),
                                              skip=skip)
         model.skipped_weights = model.weights_report.kept_initialisation
+        class_layers = set(class_dependent_keys(model))
+        partial = [k for k in model.skipped_weights  # BatchNorm's step counter does not change a prediction
+                   if k not in class_layers and not k.endswith("num_batches_tracked")]
+        if partial and not allow_partial:
+            raise ModelError(f"{path}: {len(partial)} of the model's {model.weights_report.model_tensors} tensors beyond "
+                             f"the class-dependent layers would keep their initialisation ({', '.join(partial[:4])}"
+                             f"{', ...' if len(partial) > 4 else ''}): the checkpoint was written for another "
+                             f"architecture, neck or config ({model.weights_report}). Build the model as the checkpoint "
+                             "was built, or pass allow_partial=True to fine-tune from this partial start.")
         log.log(logging.WARNING if model.skipped_weights else logging.INFO, "%s: %s", preset.name, model.weights_report)
+        if not skip and saved is not None and len(saved) == num_classes:
+            model.class_names = list(saved)  # the head predicts these, in this order
     return model
+
+
+def _check_same_neck(ckpt, path, neck, neck_args) -> None:
+    """An fpn_lab checkpoint records its neck: asking for another one is an error, not a half load."""
+    if not isinstance(ckpt, dict) or "neck" not in ckpt or "preset" not in ckpt:
+        return  # mmdet / plain checkpoints say nothing about fpn_lab's neck choice
+    saved = (ckpt.get("neck") or None, dict(ckpt.get("neck_args") or {}))
+    asked = (neck or None, dict(neck_args or {}))
+    if saved != asked:
+        def show(n, a):
+            return (n or "the preset's own") + (f" {a}" if a else "")
+
+        raise ModelError(f"{path} was trained with neck {show(*saved)}, but neck {show(*asked)} was asked for: its neck "
+                         f"weights would not load. Build with neck={saved[0] or ''!r}"
+                         f"{f', neck_args={saved[1]}' if saved[1] else ''} (the notebook's neck / neck_args "
+                         "parameters), or train the other neck from scratch.")
 
 
 def count_parameters(model) -> int:
@@ -108,9 +144,16 @@ def check_num_classes(model, class_names, where: str) -> None:
 
     Raises:
         ModelError: naming both counts and the classes (labels beyond the map would otherwise be
-            dropped in evaluation and fail in drawings).
+            dropped in evaluation and fail in drawings); or the model remembers the classes of the
+            checkpoint it was built from (``model.class_names``) and the class map holds the same
+            names in another order.
     """
     names = list(getattr(class_names, "names", class_names))
+    trained = getattr(model, "class_names", None)
+    if trained is not None and list(trained) != names and sorted(trained) == sorted(names):
+        raise ModelError(f"{where}: the model's head predicts classes {list(trained)} (from its checkpoint) but the class "
+                         f"map orders them {names}: its labels would be swapped. Parse the data with "
+                         f"class_map=ClassMap({list(trained)}).")
     if model.num_classes != len(names):
         raise ModelError(f"{where}: the model predicts num_classes={model.num_classes} but the dataset's class map has "
                          f"{len(names)} classes ({', '.join(map(str, names))}); build the model with "
