@@ -4,6 +4,7 @@ the COCO evaluation of a model on a dataset."""
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -65,7 +66,10 @@ def letterboxed_for(model, dataset):
     if not isinstance(dataset.tfms, Augment) and (box.size, box.position, box.pad_value) == \
             (size, position, tuple(model.pad_value)):
         return dataset
-    view = Dataset(dataset.records, Letterbox(size, model.pad_value, position), cache_images=dataset.cache_images)
+    with warnings.catch_warnings():  # the dataset already said which boxes are too small; a view says it once
+        if size == box.size:
+            warnings.simplefilter("ignore")
+        view = Dataset(dataset.records, Letterbox(size, model.pad_value, position), cache_images=dataset.cache_images)
     view._cache = dataset._cache
     return view
 

@@ -185,3 +185,22 @@ def test_a_run_folder_it_named_itself_is_renamed_after_the_trained_preset(fridge
     assert [p.name for p in run.dir.parent.iterdir()] == [run.dir.name]  # moved, not copied
     assert "epoch" in (run.dir / "run.log").read_text()  # the epoch lines followed the folder
     assert run.selection_changed == {"parameter": "yolox_tiny_pafpn_300e", "trained": "retinanet_r18_fpn_1x"}
+
+
+def test_the_sub_pixel_warning_is_not_repeated_by_the_models_view_of_a_dataset(fridge, retinanet):
+    """Each evaluation re-letterboxed the dataset with the model's fill and said the same warning again."""
+    import dataclasses
+    import warnings
+
+    from fpn_lab.inference import letterboxed_for
+
+    _, records = fridge
+    tiny = np.array([[10, 10, 14, 40], [100, 100, 300, 300]], np.float32)
+    rec = dataclasses.replace(records[0], boxes=tiny, labels=np.array([0, 1]), iscrowd=np.zeros(2, bool),
+                              difficult=np.zeros(2, bool))
+    with pytest.warns(UserWarning, match="smaller than 1 px"):
+        grey = Dataset([rec], resize_and_pad(64))  # 114 grey; RetinaNet fills with the ImageNet mean
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        view = letterboxed_for(retinanet, grey)
+    assert view is not grey and view.tfms.pad_value == tuple(float(v) for v in retinanet.pad_value)
