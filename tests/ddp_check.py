@@ -3,6 +3,7 @@ sharded evaluation of a checkpoint. Rank 0 writes what it found to OUT (JSON); t
 
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ddp_check.py train OUT
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ddp_check.py evaluate OUT CKPT
+    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ddp_check.py valid_loss OUT
 """
 
 from __future__ import annotations
@@ -86,9 +87,38 @@ def evaluate(out: Path, checkpoint: Path) -> None:
     distributed.shutdown()
 
 
+def valid_loss_learner(world_note: str = ""):
+    """RetinaNet R18 (its loss normalises by each process's own positives), 5 BCCD test images at
+    64 px validated one per batch: the learner both the test and the processes build alike."""
+    from fpn_lab.learner.learner import make_learner
+    from fpn_lab.models.build import build_model
+
+    set_seed(0)
+    parser = VOCBBoxParser(ROOT / "data" / "bccd" / "annotations", ROOT / "data" / "bccd" / "images")
+    records, valid = parser.parse(VOCImageSetSplitter(ROOT / "data" / "bccd" / "ImageSets" / "Main"))
+    dls = make_dataloaders(Dataset(records[:8], aug_tfms(size=64)), Dataset(valid[:5], resize_and_pad(64)), 4,
+                           valid_batch_size=1, seed=0)
+    model = build_model("retinanet_r18_fpn_1x", num_classes=len(parser.class_map))
+    return make_learner(dls, model, parser.class_map, coco=False)
+
+
+def valid_loss(out: Path) -> None:
+    ctx = distributed.init("cpu")
+    torch.set_num_threads(1)
+    learn = valid_loss_learner()
+    with learn.no_bar(), learn.no_logging():
+        loss = float(learn.validate()[0])
+    shares = distributed.all_gather([len(learn.dls.valid), getattr(learn.dls.valid, "real", None)])
+    if ctx.is_main:
+        out.write_text(json.dumps({"valid_loss": loss, "shares": shares}))
+    distributed.shutdown()
+
+
 if __name__ == "__main__":
     mode, out = sys.argv[1], Path(sys.argv[2])
     if mode == "train":
         train(out)
+    elif mode == "valid_loss":
+        valid_loss(out)
     else:
         evaluate(out, Path(sys.argv[3]))

@@ -153,13 +153,30 @@ def test_ddp_steps_leave_identical_parameters(tmp_path):
     assert r["changed"] > 0  # the steps moved the weights ...
     assert r["max_param_diff"] == 0.0  # ... identically in both processes
     assert r["model_after_fit"] == "MMDetModel"  # unwrapped after the fit
-    assert (r["train_len"], r["valid_len"]) == (2, 2)  # 10 images / 2 ranks / batch 2; 5 valid padded to 3 + 3
+    assert (r["train_len"], r["valid_len"]) == (2, 2)  # 10 images / 2 ranks / batch 2; 5 valid: 3 + 2 and a repeat
     h0, h1 = r["history"]
     assert h0 == h1 and len(h0) == 2  # the recorder's losses and AP agree across processes
     for epoch in range(2):  # the two shares of an epoch are disjoint
         a = {i for b in r["seen"][0][2 * epoch:2 * epoch + 2] for i in b}
         b = {i for b in r["seen"][1][2 * epoch:2 * epoch + 2] for i in b}
         assert len(a) == len(b) == 4 and not a & b
+
+
+def test_valid_loss_counts_each_image_once_as_one_process_does(tmp_path):
+    """valid_loss under torchrun counted the image repeated to even out the shares: 6 losses for 5 images."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import torch
+    from ddp_check import valid_loss_learner
+
+    torch.set_num_threads(1)
+    learn = valid_loss_learner()
+    with learn.no_bar(), learn.no_logging():
+        single = float(learn.validate()[0])
+    out = tmp_path / "valid_loss.json"
+    _torchrun([str(ROOT / "tests" / "ddp_check.py"), "valid_loss", str(out)])
+    r = json.loads(out.read_text())
+    assert r["valid_loss"] == pytest.approx(single, rel=1e-5)
+    assert r["shares"] == [[3, 3], [3, 2]]  # 3 batches each; rank 1 has a third holding a repeat of its first image
 
 
 @pytest.fixture(scope="module")

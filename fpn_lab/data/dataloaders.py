@@ -149,14 +149,18 @@ class DetectionDataLoader(DataLoader):
     """
 
     _shard: tuple[int, int, bool] | None = None  # (rank, world size, pad)
+    real: int | None = None  # images of this rank's share that are its own (not repeats): set_shard
 
     def set_shard(self, rank: int | None, world: int | None = None, *, pad: bool = False) -> None:
         """Iterate over rank ``rank``'s share of ``world`` (:func:`~fpn_lab.distributed.shard_indices`
         of each epoch's order); ``rank=None``: the whole dataset again.
 
         Every rank gets the same number of batches (DDP and the YOLOX / VFNet losses, which
-        average over processes, need that): with ``pad`` (validation) the order is padded to
-        ``ceil(n / world)`` images per rank; without, a dropping loader keeps
+        average over processes, need that): with ``pad`` (validation) each rank takes its own
+        images (:attr:`real` of them), and a rank left one batch short gets a last batch of one
+        repeated image, which the validation loss gives no weight
+        (:class:`~fpn_lab.distributed.trainer.DistributedTrainer`) and the metric counts once;
+        without, a dropping loader keeps
         :func:`~fpn_lab.distributed.common_steps` full batches per rank (each rank drops its last
         incomplete batch, as one process drops its own), a keeping one ``floor(n / world)`` images.
 
@@ -169,11 +173,13 @@ class DetectionDataLoader(DataLoader):
 
         full = len(self.dataset)
         if rank is None:
-            self._shard, self.n = None, full
+            self._shard, self.n, self.real = None, full, full
             return
         shard_indices(full, rank, world, pad=pad)  # checks rank, world and that every rank gets an image
+        self.real = len(range(rank, full, world))  # this rank's own images
         if pad:
-            size = -(-full // world)
+            batches = -(-(-(-full // world)) // self.bs)  # the longest share's batches
+            size = self.real + (-(-self.real // self.bs) < batches)  # one repeated image fills a missing batch
         elif self.drop_last:
             size = common_steps(full, world, self.bs) * self.bs
             if size == 0:
@@ -193,7 +199,8 @@ class DetectionDataLoader(DataLoader):
         order = list(range(len(self.dataset)))
         if self.shuffle:
             order = self.shuffle_fn(order)
-        return shard_indices(len(order), rank, world, order=order, pad=pad)[: self.n]
+        share = shard_indices(len(order), rank, world, order=order, empty_ok=pad)
+        return (share + order[:1] * (self.n - len(share)))[: self.n]
 
     def before_iter(self):
         super().before_iter()

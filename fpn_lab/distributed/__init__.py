@@ -219,6 +219,18 @@ def mean_over_processes(value):
     return (t / world_size()).to(value.dtype)
 
 
+def sum_over_processes(value, count: float):
+    """``(value summed over the processes, count summed over the processes)``: ``value`` a scalar
+    tensor, ``count`` a number (both returned as they are outside a group)."""
+    if not initialized():
+        return value, float(count)
+    import torch
+
+    t = torch.stack([value.detach().float().reshape(()), torch.tensor(float(count))])
+    _torch_dist().all_reduce(t)
+    return t[0], float(t[1])
+
+
 def shard_indices(n: int, rank: int, world: int, *, order=None, pad: bool = False,
                   empty_ok: bool = False) -> list[int]:
     """This rank's share of ``n`` items: every ``world``-th index of ``order`` (default ``0..n-1``)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastai.callback.core import Callback
 
-from fpn_lab.distributed import context, mean_over_processes
+from fpn_lab.distributed import context, mean_over_processes, sum_over_processes
 from fpn_lab.errors import ParamsError
 
 
@@ -17,7 +17,10 @@ class DistributedTrainer(Callback):
     padded to equal batches (both from the learner's creation on, so ``lr_find`` counts the
     shared loader's batches); the model is wrapped in DDP (weights and buffers broadcast from
     rank 0, gradients averaged) and unwrapped after the fit, so ``learn.model`` and the notebook's
-    ``model`` are the plain module again. After every batch the loss is averaged over processes.
+    ``model`` are the plain module again. After every training batch the loss is averaged over
+    processes; after a validation batch it is averaged weighting each process's batch by its own
+    images (a repeated image that only fills a batch weighs nothing), and ``valid_loss`` is that
+    weighted mean over the pass, so each validation image counts once, as in one process.
 
     Args:
         find_unused_parameters: DDP's flag, for models whose forward leaves some parameters
@@ -67,9 +70,34 @@ class DistributedTrainer(Callback):
         self.learn.model = DistributedDataParallel(model, device_ids=ids,
                                                    find_unused_parameters=self.find_unused_parameters)
 
+    def before_validate(self):
+        self._valid_sum, self._valid_images = 0.0, 0.0
+
     def after_loss(self):
-        if self.ctx.distributed:
+        if not self.ctx.distributed:
+            return
+        if self.training:
             self.learn.loss = mean_over_processes(self.learn.loss)
+            return
+        dl = self.learn.dl
+        real = getattr(dl, "real", None)
+        bs = len(self.learn.yb[0]) if self.learn.yb else dl.bs
+        own = bs if real is None else max(0, min(dl.bs, real - self.learn.iter * dl.bs))
+        weighted, images = sum_over_processes(self.learn.loss.detach().float() * own, float(own))
+        if images > 0:
+            self.learn.loss = (weighted / images).to(self.learn.loss.dtype)
+        self._valid_sum += float(weighted)
+        self._valid_images += images
+
+    def after_validate(self):
+        """Hand the recorder the image-weighted mean over processes (it would weight each
+        process's batches by their size, repeats included). Runs before the recorder's own."""
+        if not self.ctx.distributed or not getattr(self, "_valid_images", 0):
+            return
+        import torch
+
+        smooth = self.learn.recorder.loss
+        smooth.total, smooth.count = torch.tensor(self._valid_sum), self._valid_images
 
     def after_fit(self):
         if self.ctx.distributed:
