@@ -89,7 +89,8 @@ def evaluate(out: Path, checkpoint: Path) -> None:
 
 def valid_loss_learner(world_note: str = ""):
     """RetinaNet R18 (its loss normalises by each process's own positives), 5 BCCD test images at
-    64 px validated one per batch: the learner both the test and the processes build alike."""
+    64 px validated one per batch, every box kept (score_thr 0): the learner both the test and the
+    processes build alike."""
     from fpn_lab.learner.learner import make_learner
     from fpn_lab.models.build import build_model
 
@@ -98,8 +99,9 @@ def valid_loss_learner(world_note: str = ""):
     records, valid = parser.parse(VOCImageSetSplitter(ROOT / "data" / "bccd" / "ImageSets" / "Main"))
     dls = make_dataloaders(Dataset(records[:8], aug_tfms(size=64)), Dataset(valid[:5], resize_and_pad(64)), 4,
                            valid_batch_size=1, seed=0)
-    model = build_model("retinanet_r18_fpn_1x", num_classes=len(parser.class_map))
-    return make_learner(dls, model, parser.class_map, coco=False)
+    model = build_model("retinanet_r18_fpn_1x", num_classes=len(parser.class_map),
+                        cfg_options={"model.test_cfg.score_thr": 0.0})  # boxes to score, untrained
+    return make_learner(dls, model, parser.class_map)
 
 
 def valid_loss(out: Path) -> None:
@@ -107,10 +109,11 @@ def valid_loss(out: Path) -> None:
     torch.set_num_threads(1)
     learn = valid_loss_learner()
     with learn.no_bar(), learn.no_logging():
-        loss = float(learn.validate()[0])
+        loss, ap, ap50 = (float(v) for v in learn.validate())
     shares = distributed.all_gather([len(learn.dls.valid), getattr(learn.dls.valid, "real", None)])
     if ctx.is_main:
-        out.write_text(json.dumps({"valid_loss": loss, "shares": shares}))
+        out.write_text(json.dumps({"valid_loss": loss, "AP": ap, "AP50": ap50, "shares": shares,
+                                   "detections": learn.metrics[0].acc.detections}))
     distributed.shutdown()
 
 

@@ -162,8 +162,9 @@ def test_ddp_steps_leave_identical_parameters(tmp_path):
         assert len(a) == len(b) == 4 and not a & b
 
 
-def test_valid_loss_counts_each_image_once_as_one_process_does(tmp_path):
-    """valid_loss under torchrun counted the image repeated to even out the shares: 6 losses for 5 images."""
+def test_per_epoch_loss_and_metric_under_torchrun_equal_one_process(tmp_path):
+    """valid_loss under torchrun counted the image repeated to even out the shares: 6 losses for 5 images.
+    The per-epoch AP was compared across processes, never with one process."""
     sys.path.insert(0, str(ROOT / "tests"))
     import torch
     from ddp_check import valid_loss_learner
@@ -171,12 +172,14 @@ def test_valid_loss_counts_each_image_once_as_one_process_does(tmp_path):
     torch.set_num_threads(1)
     learn = valid_loss_learner()
     with learn.no_bar(), learn.no_logging():
-        single = float(learn.validate()[0])
+        single, ap, ap50 = (float(v) for v in learn.validate())
     out = tmp_path / "valid_loss.json"
     _torchrun([str(ROOT / "tests" / "ddp_check.py"), "valid_loss", str(out)])
     r = json.loads(out.read_text())
     assert r["valid_loss"] == pytest.approx(single, rel=1e-5)
     assert r["shares"] == [[3, 3], [3, 2]]  # 3 batches each; rank 1 has a third holding a repeat of its first image
+    assert r["detections"] == learn.metrics[0].acc.detections and len(r["detections"]) >= 5
+    assert (r["AP"], r["AP50"]) == (ap, ap50)
 
 
 @pytest.fixture(scope="module")
