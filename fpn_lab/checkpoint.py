@@ -41,7 +41,9 @@ def save_checkpoint(path: str | Path, model, class_map: ClassMap, *, image_size:
     ``DistributedDataParallel`` wrapper is unwrapped: keys never carry its ``module.`` prefix).
 
     Raises:
-        ModelError: the model predicts another number of classes than ``class_map`` holds.
+        ModelError: the model predicts another number of classes than ``class_map`` holds, or
+            ``image_size`` / ``pad_position`` are not the letterbox the model was trained with
+            (``model.image_size``, ``model.pad_position``, set by ``make_learner``).
     """
     from torch.nn.parallel import DistributedDataParallel
 
@@ -51,6 +53,12 @@ def save_checkpoint(path: str | Path, model, class_map: ClassMap, *, image_size:
     if isinstance(model, DistributedDataParallel):
         model = model.module
     check_num_classes(model, class_map, "save_checkpoint")
+    trained = (getattr(model, "image_size", None), getattr(model, "pad_position", None))
+    if trained[0] is not None and (trained[0], trained[1] or pad_position) != (image_size, pad_position):
+        raise ModelError(f"save_checkpoint: the model was trained on images letterboxed to {trained[0]} px "
+                         f"({trained[1]}), but image_size={image_size}, pad_position={pad_position!r} were given: "
+                         "the checkpoint would tell every later prediction to feed it otherwise. Pass "
+                         f"image_size={trained[0]}, pad_position={trained[1]!r}.")
     path = Path(path)
     if distributed.is_main():
         _write_checkpoint(path, model, class_map, image_size, pad_position)
@@ -136,6 +144,7 @@ def load_checkpoint(path: str | Path, *, class_map: ClassMap | Sequence[str] | N
     model.pad_value = info["pad_value"]
     info["class_map"] = ClassMap(saved, info.get("category_ids"))  # ids: the source's, as trained
     info.setdefault("pad_position", "top_left")
+    model.image_size, model.pad_position, model.class_names = int(info["image_size"]), info["pad_position"], saved
     return model, info
 
 

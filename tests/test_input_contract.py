@@ -204,3 +204,29 @@ def test_the_sub_pixel_warning_is_not_repeated_by_the_models_view_of_a_dataset(f
         warnings.simplefilter("error")
         view = letterboxed_for(retinanet, grey)
     assert view is not grey and view.tfms.pad_value == tuple(float(v) for v in retinanet.pad_value)
+
+
+def test_the_model_keeps_the_letterbox_and_class_order_it_trained_with(fridge, tmp_path):
+    """Only the fill travelled with the model: an evaluation on a dataset letterboxed to another size
+    or position predicted on other pixels than training, and a checkpoint could record any size."""
+    from fpn_lab.checkpoint import load_checkpoint, save_checkpoint
+    from fpn_lab.data.transforms import aug_tfms
+    from fpn_lab.learner.learner import make_learner
+
+    class_map, records = fridge
+    set_seed(0)
+    model = build_model("retinanet_r18_fpn_1x", num_classes=len(class_map))
+    with torch.no_grad():
+        for p in model.head.parameters():
+            p.normal_(0, 0.05)
+    dls = make_dataloaders(Dataset(records, aug_tfms(64)), Dataset(records, resize_and_pad(64)), batch_size=4)
+    make_learner(dls, model, class_map, coco=False)
+    assert (model.image_size, model.pad_position, model.class_names) == (64, "top_left", list(class_map.names))
+    as_trained = evaluate(model, Dataset(records, resize_and_pad(64)), class_map)[1]
+    assert as_trained and evaluate(model, Dataset(records, resize_and_pad(128, position="center")), class_map)[1] == as_trained
+    with pytest.raises(ModelError, match="labels would be swapped"):
+        evaluate(model, Dataset(records, resize_and_pad(64)), ClassMap(list(reversed(class_map.names))))
+    with pytest.raises(ModelError, match=r"trained on images letterboxed to 64 px .*image_size=128"):
+        save_checkpoint(tmp_path / "m.pth", model, class_map, image_size=128)
+    reloaded, info = load_checkpoint(save_checkpoint(tmp_path / "m.pth", model, class_map, image_size=64))
+    assert (reloaded.image_size, reloaded.pad_position, reloaded.class_names) == (64, "top_left", list(class_map.names))

@@ -85,7 +85,7 @@ def make_learner(dls, model, class_map, *, opt: str = "adam", wd: float = 0.01, 
     if not dist.is_main:  # rank 0 writes; the others' lr_find weights must not meet in one file
         path, checkpoint = None, None
     check_batch_for_batchnorm(model, dls.train.bs, _input_size(dls.train.dataset))
-    _feed_alike(model, dls)
+    _feed_alike(model, dls, class_map)
     cbs = list(cbs)
     if opt == "recipe":
         opt_func, wd, wd_bn_bias, extra = recipe_settings(model.recipe)
@@ -178,13 +178,18 @@ def find_lr(learn: Learner, num_it: int = 30, show_plot: bool = True) -> float:
     return suggestion
 
 
-def _feed_alike(model, dls) -> None:
-    """The model's letterbox fill is the one it trains with; the validation loader (the per-epoch
-    metric) is letterboxed with it too (:func:`fpn_lab.inference.letterboxed_for`)."""
+def _feed_alike(model, dls, class_map) -> None:
+    """The model takes on the input contract it trains with: the training letterbox's side, fill
+    and position (``image_size``, ``pad_value``, ``pad_position``) and the class names in label
+    order (``class_names``); the validation loader (the per-epoch metric) is letterboxed as the
+    model is fed, and so is every later prediction on a dataset
+    (:func:`fpn_lab.inference.letterboxed_for`)."""
     from fpn_lab.inference import letterboxed_for
 
     tfms = dls.train.dataset.tfms
-    model.pad_value = getattr(tfms, "letterbox", tfms).pad_value
+    box = getattr(tfms, "letterbox", tfms)
+    model.pad_value, model.image_size, model.pad_position = box.pad_value, box.size, box.position
+    model.class_names = list(getattr(class_map, "names", class_map))
     dls.valid.dataset = letterboxed_for(model, dls.valid.dataset)
 
 

@@ -125,6 +125,11 @@ class MMDetModel(nn.Module):
         self.detector, self.preset, self.cfg = detector, preset, cfg
         self.channels_last = False  # set by fpn_lab.models.build.place_model: inputs then go in NHWC too
         self._pad_value: tuple[float, float, float] | None = None
+        # the rest of the input contract, set by make_learner from the data it trains on (None:
+        # not trained here yet): the letterbox side and position, and the class names in label order
+        self.image_size: int | None = None
+        self.pad_position: str | None = None
+        self.class_names: list[str] | None = None
 
     @property
     def pad_value(self) -> tuple[float, float, float]:
