@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -74,3 +75,20 @@ def coco_fridge(tmp_path_factory):
     categories = [{"id": i, "name": n} for n, i in sorted(cat_ids.items(), key=lambda kv: -kv[1])]
     (out / "annotations.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": categories}))
     return out
+
+
+def pycocotools_stats(annotation_file, detections) -> list[float]:
+    """COCOeval run by hand on the user's own file, as anyone scoring predictions.json would."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(annotation_file))
+        ev = COCOeval(gt, gt.loadRes(json.loads(json.dumps(detections))), iouType="bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return list(ev.stats)

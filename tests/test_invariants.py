@@ -10,13 +10,12 @@ pycocotools run by hand. Cost: about a minute for the three.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
 
 import pytest
 
+from conftest import pycocotools_stats
 from fpn_lab.checkpoint import load_checkpoint, save_checkpoint
 from fpn_lab.data.dataloaders import Dataset, make_dataloaders
 from fpn_lab.data.datasets import open_dataset
@@ -42,19 +41,6 @@ def users_coco(coco_fridge, tmp_path_factory):
         a["id"] = 100 + 7 * k
     (out / "annotations.json").write_text(json.dumps(data))
     return out
-
-
-def _pycocotools_ap(annotation_file, detections) -> tuple[float, float]:
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(annotation_file))
-        ev = COCOeval(gt, gt.loadRes(json.loads(json.dumps(detections))), iouType="bbox")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return float(ev.stats[0]), float(ev.stats[1])
 
 
 def _same_detections(got: list[dict], expected: list[dict]) -> None:
@@ -117,7 +103,7 @@ def test_every_path_gives_the_same_ap(preset, users_coco, tmp_path):
     assert result["AP"] == pytest.approx(final["AP"], abs=1e-9)  # re-letterboxed to the file's 128 px
     _same_detections(detections, predictions)
 
-    theirs = _pycocotools_ap(users_coco / "annotations.json", predictions)
+    theirs = tuple(pycocotools_stats(users_coco / "annotations.json", predictions)[:2])
     assert theirs == pytest.approx((final["AP"], final["AP50"]), abs=1e-12)
     if preset != "yolox_tiny_pafpn_300e":  # one epoch leaves YOLOX's boxes off every object (AP 0)
         assert final["AP50"] > 0

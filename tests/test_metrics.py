@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import CASES
+from conftest import CASES, pycocotools_stats
 from fpn_lab.core.records import Record
 from fpn_lab.data.parsers import COCOBBoxParser
 from fpn_lab.data.splits import SingleSplitSplitter
@@ -87,23 +87,6 @@ def test_r01_detections_on_a_negative_image_are_false_positives_only():
     assert res["AP"] < 1.0 and res["AR100"] == pytest.approx(1.0)  # precision drops, recall does not
 
 
-def _pycocotools_stats(annotation_file, detections) -> list[float]:
-    """COCOeval run by hand on the user's own file, as anyone scoring predictions.json would."""
-    import contextlib
-    import io
-
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(annotation_file))
-        ev = COCOeval(gt, gt.loadRes(json.loads(json.dumps(detections))), iouType="bbox")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return list(ev.stats)
-
-
 def _coco_set_with_source_ids(tmp_path):
     """The fridge images as a COCO file with category ids 12, 0, 7, 3 (gapped, out of order) and string image ids."""
     from fpn_lab.data.parsers import VOCBBoxParser
@@ -141,7 +124,7 @@ def test_predictions_score_the_same_against_the_users_own_file(tmp_path):
     assert {d["image_id"] for d in dets} == {im["id"] for im in json.loads(path.read_text())["images"]}
     assert {d["category_id"] for d in dets} <= {0, 3, 7, 12}
     ours = score_detections(records, dets, parser.class_map)[0]
-    theirs = _pycocotools_stats(path, dets)
+    theirs = pycocotools_stats(path, dets)
     assert 0.05 < ours["AP"] < 0.95
     assert [ours[k] for k in ("AP", "AP50", "AP75")] == pytest.approx(theirs[:3], abs=1e-12)
 
@@ -157,7 +140,7 @@ def test_r09_category_ids_from_zero_out_of_order_map_back():
     assert [(d["image_id"], d["category_id"], d["bbox"]) for d in sorted(dets, key=key)] == \
            [(d["image_id"], d["category_id"], d["bbox"]) for d in sorted(perfect, key=key)]
     assert score_detections([rec], dets, parser.class_map)[0]["AP"] == pytest.approx(1.0)
-    assert _pycocotools_stats(case / "annotations.json", dets)[0] == pytest.approx(1.0)
+    assert pycocotools_stats(case / "annotations.json", dets)[0] == pytest.approx(1.0)
 
 
 def test_r12_string_image_ids_stay_strings():
@@ -168,7 +151,7 @@ def test_r12_string_image_ids_stay_strings():
                                                             parser.class_map)]
     assert {d["image_id"] for d in dets} == {"img_a", "2"}
     assert score_detections(records, dets, parser.class_map)[0]["AP"] == pytest.approx(1.0)
-    assert _pycocotools_stats(case / "annotations_string_ids.json", dets)[0] == pytest.approx(1.0)
+    assert pycocotools_stats(case / "annotations_string_ids.json", dets)[0] == pytest.approx(1.0)
 
 
 def test_records_sharing_ids_are_refused_by_the_dataset_and_the_evaluation(bccd_records):
