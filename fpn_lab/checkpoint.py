@@ -145,6 +145,7 @@ def load_checkpoint(path: str | Path, *, class_map: ClassMap | Sequence[str] | N
     info["class_map"] = ClassMap(saved, info.get("category_ids"))  # ids: the source's, as trained
     info.setdefault("pad_position", "top_left")
     model.image_size, model.pad_position, model.class_names = int(info["image_size"]), info["pad_position"], saved
+    model.category_ids = [int(c) for c in info["class_map"].category_ids]
     return model, info
 
 

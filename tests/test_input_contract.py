@@ -226,7 +226,11 @@ def test_the_model_keeps_the_letterbox_and_class_order_it_trained_with(fridge, t
     assert as_trained and evaluate(model, Dataset(records, resize_and_pad(128, position="center")), class_map)[1] == as_trained
     with pytest.raises(ModelError, match="labels would be swapped"):
         evaluate(model, Dataset(records, resize_and_pad(64)), ClassMap(list(reversed(class_map.names))))
+    other_ids = ClassMap(class_map.names, [10 * (i + 1) for i in range(len(class_map))])
+    with pytest.raises(ModelError, match=r"trained with category ids \[1, 2, 3, 4\].*gives \[10, 20, 30, 40\]"):
+        evaluate(model, Dataset(records, resize_and_pad(64)), other_ids)
     with pytest.raises(ModelError, match=r"trained on images letterboxed to 64 px .*image_size=128"):
         save_checkpoint(tmp_path / "m.pth", model, class_map, image_size=128)
     reloaded, info = load_checkpoint(save_checkpoint(tmp_path / "m.pth", model, class_map, image_size=64))
     assert (reloaded.image_size, reloaded.pad_position, reloaded.class_names) == (64, "top_left", list(class_map.names))
+    assert reloaded.category_ids == list(class_map.category_ids) == model.category_ids

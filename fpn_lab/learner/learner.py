@@ -181,7 +181,7 @@ def find_lr(learn: Learner, num_it: int = 30, show_plot: bool = True) -> float:
 def _feed_alike(model, dls, class_map) -> None:
     """The model takes on the input contract it trains with: the training letterbox's side, fill
     and position (``image_size``, ``pad_value``, ``pad_position``) and the class names in label
-    order (``class_names``); the validation loader (the per-epoch metric) is letterboxed as the
+    order with the source's category ids (``class_names``, ``category_ids``); the validation loader (the per-epoch metric) is letterboxed as the
     model is fed, and so is every later prediction on a dataset
     (:func:`fpn_lab.inference.letterboxed_for`)."""
     from fpn_lab.inference import letterboxed_for
@@ -190,6 +190,7 @@ def _feed_alike(model, dls, class_map) -> None:
     box = getattr(tfms, "letterbox", tfms)
     model.pad_value, model.image_size, model.pad_position = box.pad_value, box.size, box.position
     model.class_names = list(getattr(class_map, "names", class_map))
+    model.category_ids = [int(c) for c in getattr(class_map, "category_ids", range(1, len(model.class_names) + 1))]
     dls.valid.dataset = letterboxed_for(model, dls.valid.dataset)
 
 

@@ -130,6 +130,7 @@ class MMDetModel(nn.Module):
         self.image_size: int | None = None
         self.pad_position: str | None = None
         self.class_names: list[str] | None = None
+        self.category_ids: list[int] | None = None  # the source's id of each class name
 
     @property
     def pad_value(self) -> tuple[float, float, float]:

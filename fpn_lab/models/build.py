@@ -154,6 +154,12 @@ def check_num_classes(model, class_names, where: str) -> None:
         raise ModelError(f"{where}: the model's head predicts classes {list(trained)} (from its checkpoint) but the class "
                          f"map orders them {names}: its labels would be swapped. Parse the data with "
                          f"class_map=ClassMap({list(trained)}).")
+    ids, given = getattr(model, "category_ids", None), getattr(class_names, "category_ids", None)
+    if ids is not None and given is not None and trained is not None and list(trained) == names \
+            and [int(c) for c in given] != list(ids):
+        raise ModelError(f"{where}: the model was trained with category ids {list(ids)} for {names}, but the class map "
+                         f"gives {[int(c) for c in given]}: its results would name other categories than the data's. "
+                         "Use the class map the model was trained with (a checkpoint's info['class_map']).")
     if model.num_classes != len(names):
         raise ModelError(f"{where}: the model predicts num_classes={model.num_classes} but the dataset's class map has "
                          f"{len(names)} classes ({', '.join(map(str, names))}); build the model with "
