@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from collections import Counter
 
 import pytest
 
@@ -35,12 +34,20 @@ def test_shards_lose_and_repeat_nothing(n, world):
 
 @pytest.mark.parametrize("n", [1, 5, 10])
 @pytest.mark.parametrize("world", [2, 3])
-def test_padded_shards_are_equal_and_cover_everything(n, world):
-    shares = [distributed.shard_indices(n, r, world, pad=True) for r in range(world)]
-    assert {len(s) for s in shares} == {-(-n // world)}
-    counts = Counter(i for s in shares for i in s)
-    assert set(counts) == set(range(n))
-    assert sum(counts.values()) - n == (-n) % world  # the repeats are the padding, nothing else
+@pytest.mark.parametrize("bs", [1, 2, 4])
+def test_validation_shares_have_equal_batches_and_repeat_only_to_fill_one(n, world, bs):
+    """Each rank validates its own images; a rank a batch short gets one repeated image as its last batch."""
+    shares, reals = [], []
+    for r in range(world):
+        dl = _loader(n, bs, False, False)
+        dl.set_shard(r, world, pad=True)
+        shares.append(list(dl.get_idxs()))
+        reals.append(dl.real)
+    assert len({-(-len(s) // bs) for s in shares}) == 1  # the same number of batches everywhere
+    own = [s[:k] for s, k in zip(shares, reals)]
+    assert sorted(i for s in own for i in s) == list(range(n))  # each image once among the own shares
+    for s, k in zip(shares, reals):
+        assert len(s) - k <= 1 and (len(s) == k or k % bs == 0)  # a repeat only as a batch of its own
 
 
 def test_shards_follow_the_given_order_and_refuse_too_few_items():

@@ -175,7 +175,7 @@ class DetectionDataLoader(DataLoader):
         if rank is None:
             self._shard, self.n, self.real = None, full, full
             return
-        shard_indices(full, rank, world, pad=pad)  # checks rank, world and that every rank gets an image
+        shard_indices(full, rank, world, empty_ok=pad)  # checks rank and world (and, training, an image per rank)
         self.real = len(range(rank, full, world))  # this rank's own images
         if pad:
             batches = -(-(-(-full // world)) // self.bs)  # the longest share's batches

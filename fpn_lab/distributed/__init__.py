@@ -231,16 +231,13 @@ def sum_over_processes(value, count: float):
     return t[0], float(t[1])
 
 
-def shard_indices(n: int, rank: int, world: int, *, order=None, pad: bool = False,
-                  empty_ok: bool = False) -> list[int]:
+def shard_indices(n: int, rank: int, world: int, *, order=None, empty_ok: bool = False) -> list[int]:
     """This rank's share of ``n`` items: every ``world``-th index of ``order`` (default ``0..n-1``)
     from position ``rank`` on.
 
     The shares of ranks ``0..world-1`` partition the items exactly: none lost, none repeated; the
-    sizes differ by at most one. ``pad=True`` (validation, whose loss needs the same number of
-    batches in every process) first repeats the items from the first on until ``world`` divides
-    the count, so every share has ``ceil(n / world)`` items and ``world - 1`` repeats at most
-    (:func:`gather_by_key` keeps one). ``empty_ok=True`` (prediction) lets a rank have no items.
+    sizes differ by at most one. ``empty_ok=True`` (prediction, validation) lets a rank have no
+    items.
 
     Raises:
         ParamsError: ``rank`` outside ``0..world-1``, ``world`` < 1, or fewer items than processes
@@ -250,11 +247,9 @@ def shard_indices(n: int, rank: int, world: int, *, order=None, pad: bool = Fals
         raise ParamsError(f"shard_indices: rank {rank} of world size {world}; need 0 <= rank < world_size.")
     order = list(range(n)) if order is None else list(order)
     n = len(order)
-    if n < world and not (empty_ok or pad and n):
+    if n < world and not empty_ok:
         raise ParamsError(f"{n} images cannot be shared by {world} processes (each needs at least one); "
                           "use fewer processes or more images.")
-    if pad and n % world:
-        order = order + [order[i % n] for i in range(world - n % world)]
     return order[rank::world]
 
 
