@@ -198,8 +198,8 @@ def test_the_sub_pixel_warning_is_not_repeated_by_the_models_view_of_a_dataset(f
     tiny = np.array([[10, 10, 14, 40], [100, 100, 300, 300]], np.float32)
     rec = dataclasses.replace(records[0], boxes=tiny, labels=np.array([0, 1]), iscrowd=np.zeros(2, bool),
                               difficult=np.zeros(2, bool))
-    with pytest.warns(UserWarning, match="smaller than 1 px"):
-        grey = Dataset([rec], resize_and_pad(64))  # 114 grey; RetinaNet fills with the ImageNet mean
+    with pytest.warns(UserWarning, match="smaller than 1 px"):  # 0.8 px at 128 px
+        grey = Dataset([rec], resize_and_pad(SIZE))  # 114 grey; RetinaNet fills with the ImageNet mean
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         view = letterboxed_for(retinanet, grey)

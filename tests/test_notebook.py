@@ -202,6 +202,11 @@ def test_notebook_trains_on_a_coco_folder_and_writes_source_ids(tmp_path, coco_f
     assert {c["id"] for c in gt["categories"]} == {c["id"] for c in source["categories"]}
     preds = json.loads((run_dir / "predictions.json").read_text())
     assert {p["image_id"] for p in preds} <= {"fridge-10"} and {p["category_id"] for p in preds} <= {0, 3, 7, 12}
+    import torch
+
+    saved = torch.load(run_dir / "model.pth")  # the notebook's save cell (IceVision's call, names only) keeps the ids
+    assert dict(zip(saved["class_names"], saved["category_ids"])) == {"carton": 0, "can": 3, "milk_bottle": 7,
+                                                                      "water_bottle": 12}
 
 
 def test_tensorboard_tracking_is_read_back_by_tensorboard(tmp_path):

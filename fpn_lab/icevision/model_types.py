@@ -564,7 +564,9 @@ def save_icevision_checkpoint(model, filename, model_name: str | None = None, ba
     ``model_name`` / ``backbone_name`` (IceVision's ``"mmdet.vfnet"``, ``"resnet50_fpn_1x"``)
     are checked against the model, not stored: the checkpoint names its preset itself. ``classes``
     from IceVision code may start with ``"background"``; with one name more than the model's
-    classes that entry is left out, with a warning. ``meta`` is not stored.
+    classes that entry is left out, with a warning. The source's category ids and the letterbox
+    position are taken from the model (set by training), as IceVision's ``classes`` are names only.
+    ``meta`` is not stored.
 
     Raises:
         ModelError: no ``img_size``, names of another model, or classes that do not fit the model.
@@ -585,7 +587,10 @@ def save_icevision_checkpoint(model, filename, model_name: str | None = None, ba
     if meta:
         warnings.warn("save_icevision_checkpoint: meta is not stored (the checkpoint records fpn_lab's version, the "
                       "preset and the resolved config).", stacklevel=2)
-    return save_checkpoint(filename, model, ClassMap(names), image_size=int(img_size))
+    # IceVision passes names only: the source's category ids and the letterbox position are the model's own
+    ids = getattr(model, "category_ids", None) if getattr(model, "class_names", None) == names else None
+    return save_checkpoint(filename, model, ClassMap(names, ids), image_size=int(img_size),
+                           pad_position=getattr(model, "pad_position", None) or "top_left")
 
 
 def model_from_checkpoint(filename, model_name: str | None = None, backbone_name: str | None = None,
