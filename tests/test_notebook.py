@@ -207,6 +207,10 @@ def test_notebook_trains_on_a_coco_folder_and_writes_source_ids(tmp_path, coco_f
     saved = torch.load(run_dir / "model.pth")  # the notebook's save cell (IceVision's call, names only) keeps the ids
     assert dict(zip(saved["class_names"], saved["category_ids"])) == {"carton": 0, "can": 3, "milk_bottle": 7,
                                                                       "water_bottle": 12}
+    from fpn_lab.icevision.model_types import model_from_checkpoint
+
+    class_map = model_from_checkpoint(run_dir / "model.pth")["class_map"]
+    assert list(class_map.category_ids) == [saved["category_ids"][i] for i in range(4)]
 
 
 def test_tensorboard_tracking_is_read_back_by_tensorboard(tmp_path):

@@ -612,7 +612,6 @@ def model_from_checkpoint(filename, model_name: str | None = None, backbone_name
             or an argument fpn_lab has no use for.
     """
     from fpn_lab.checkpoint import load_checkpoint
-    from fpn_lab.core.class_map import ClassMap
     from fpn_lab.models.build import place_model
 
     if unused:
@@ -632,7 +631,7 @@ def model_from_checkpoint(filename, model_name: str | None = None, backbone_name
     model_type = models.mmdet.__getattr__(model.preset.arch)
     backbone = next((b for b in model_type.backbones if b.preset == model.preset.name), None)
     return {"model": model, "model_type": model_type, "backbone": backbone(pretrained=False) if backbone else None,
-            "class_map": ClassMap(info["class_names"]), "img_size": int(info["image_size"])}
+            "class_map": info["class_map"], "img_size": int(info["image_size"])}  # with the source's ids
 
 
 def _check_names(model, model_name: str | None, backbone_name: str | None) -> None:
