@@ -181,9 +181,9 @@ def find_lr(learn: Learner, num_it: int = 30, show_plot: bool = True) -> float:
 def _feed_alike(model, dls, class_map) -> None:
     """The model takes on the input contract it trains with: the training letterbox's side, fill
     and position (``image_size``, ``pad_value``, ``pad_position``) and the class names in label
-    order with the source's category ids (``class_names``, ``category_ids``); the validation loader (the per-epoch metric) is letterboxed as the
-    model is fed, and so is every later prediction on a dataset
-    (:func:`fpn_lab.inference.letterboxed_for`)."""
+    order with the source's category ids (``class_names``, ``category_ids``); the validation
+    loader (the per-epoch metric) is letterboxed as the model is fed, and so is every later
+    prediction on a dataset (:func:`fpn_lab.inference.letterboxed_for`)."""
     from fpn_lab.inference import letterboxed_for
 
     tfms = dls.train.dataset.tfms
