@@ -57,6 +57,26 @@ def test_bifpn_on_yolox_with_five_levels_and_its_arguments(bccd_records):
         build_model("yolox_tiny_pafpn_300e", num_classes=3, neck="bifpn", neck_args={"add_extra_convs": "on_input"})
 
 
+def test_bifpn_takes_the_necks_norm_cfg_like_mmdets_necks(bccd_records):
+    """cfg_options model.neck.norm_cfg (GroupNorm, as the RetinaNet recipe's neck) reaches every
+    normalisation of BiFPN; without it BiFPN keeps EfficientDet's BatchNorm (momentum 0.01, eps 1e-3)."""
+    _, train, _ = bccd_records
+    gn = {"type": "GN", "num_groups": 8, "requires_grad": True}
+    model = build_model("retinanet_r18_fpn_1x", num_classes=3, neck="bifpn", neck_args={"out_channels": 64},
+                        cfg_options={"model.neck.norm_cfg": gn})
+    norms = [m for m in model.neck.modules() if isinstance(m, (torch.nn.GroupNorm, torch.nn.modules.batchnorm._BatchNorm))]
+    assert norms and all(isinstance(m, torch.nn.GroupNorm) and m.num_groups == 8 for m in norms)
+    images, targets = collate([Dataset(train[:2], resize_and_pad(128))[i] for i in range(2)])
+    model.train()
+    model(images, targets)["loss"].backward()
+    plain = build_model("retinanet_r18_fpn_1x", num_classes=3, neck="bifpn", neck_args={"out_channels": 64})
+    bns = [m for m in plain.neck.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert len(bns) == len(norms) and all(m.momentum == 0.01 and m.eps == 1e-3 for m in bns)
+    for neck in ("bifpn", "fpn"):  # a value the neck refuses: ModelError naming the cfg_options given
+        with pytest.raises(ModelError, match="could not be built with cfg_options .*model.neck.norm_cfg.*'GN'"):
+            build_model("retinanet_r18_fpn_1x", num_classes=3, neck=neck, cfg_options={"model.neck.norm_cfg": "GN"})
+
+
 @pytest.mark.parametrize("fusion", ["fast", "softmax", "sum"])
 def test_bifpn_fusion_weights_stay_non_negative_and_sum_to_one(fusion):
     """EfficientDet's fast normalised fusion (eq. 3): relu(w) / (sum relu(w) + eps), even after the

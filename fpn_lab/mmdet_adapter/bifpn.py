@@ -6,7 +6,10 @@ levels; every node fuses its inputs with learnt, non-negative weights ("fast nor
 ``O = sum_i w_i * I_i / (eps + sum_j w_j)`` with ``w = relu(w)``, their eq. 3), then applies a
 depthwise-separable 3x3 convolution with BatchNorm; Swish (SiLU) is the activation before it.
 Levels above the backbone's last stage (P6, P7) are made from that stage: a 1x1 convolution with
-BatchNorm to ``out_channels``, then 3x3 max pooling with stride 2 per extra level.
+BatchNorm to ``out_channels``, then 3x3 max pooling with stride 2 per extra level. The BatchNorm
+layers use EfficientDet's momentum 0.01 and epsilon 1e-3 (its reference implementation); the
+``norm_cfg`` argument replaces them with another mmcv normalisation (GroupNorm, as mmdet's
+from-scratch configs use in their necks), as mmdet's own necks accept.
 
 mmdet 3.3's wheel has no BiFPN (it lives only in its source tree's ``projects/``), so this one is
 fpn_lab's, registered in a child registry of mmdet's ``MODELS`` under the scope ``fpn_lab``:
@@ -23,14 +26,34 @@ from torch import nn
 FUSIONS = ("fast", "softmax", "sum")
 
 
-class SeparableConvBN(nn.Module):
-    """Depthwise 3x3 convolution, pointwise 1x1 convolution, BatchNorm: ``float[B, C, H, W]`` -> same shape."""
+def norm_layer(channels: int, norm_cfg: dict | None = None) -> nn.Module:
+    """The normalisation after each BiFPN convolution: EfficientDet's ``BatchNorm2d(momentum=0.01,
+    eps=1e-3)`` when ``norm_cfg`` is ``None``, else mmcv's ``build_norm_layer(norm_cfg, channels)``
+    (``{"type": "GN", "num_groups": 32}``, ``{"type": "BN"}``...).
 
-    def __init__(self, channels: int):
+    Raises:
+        ValueError: ``norm_cfg`` is not a dict with a ``type`` (mmcv's own errors name an unknown type
+            or a channel count GroupNorm cannot split).
+    """
+    if norm_cfg is None:
+        return nn.BatchNorm2d(channels, momentum=0.01, eps=1e-3)
+    if not isinstance(norm_cfg, dict) or "type" not in norm_cfg:
+        raise ValueError(f"BiFPN norm_cfg must be a dict with a 'type' (e.g. {{'type': 'GN', 'num_groups': 32}}) or "
+                         f"None for EfficientDet's BatchNorm; got {norm_cfg!r}.")
+    from mmcv.cnn import build_norm_layer
+
+    return build_norm_layer(dict(norm_cfg), channels)[1]
+
+
+class SeparableConvBN(nn.Module):
+    """Depthwise 3x3 convolution, pointwise 1x1 convolution, normalisation (:func:`norm_layer`; the
+    attribute keeps the name ``bn`` whatever its type): ``float[B, C, H, W]`` -> same shape."""
+
+    def __init__(self, channels: int, norm_cfg: dict | None = None):
         super().__init__()
         self.depthwise = nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False)
         self.pointwise = nn.Conv2d(channels, channels, 1, bias=False)
-        self.bn = nn.BatchNorm2d(channels, momentum=0.01, eps=1e-3)  # EfficientDet's BN settings
+        self.bn = norm_layer(channels, norm_cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.pointwise(self.depthwise(x)))
@@ -43,13 +66,15 @@ class FusionNode(nn.Module):
         fusion: ``"fast"`` (``relu(w) / (sum(relu(w)) + eps)``, EfficientDet eq. 3), ``"softmax"``
             (``softmax(w)``) or ``"sum"`` (no weights).
         eps: the fast fusion's epsilon (EfficientDet: 1e-4).
+        norm_cfg: the convolution's normalisation (:func:`norm_layer`).
     """
 
-    def __init__(self, channels: int, num_inputs: int, fusion: str = "fast", eps: float = 1e-4):
+    def __init__(self, channels: int, num_inputs: int, fusion: str = "fast", eps: float = 1e-4,
+                 norm_cfg: dict | None = None):
         super().__init__()
         self.fusion, self.eps, self.num_inputs = fusion, eps, num_inputs
         self.weight = nn.Parameter(torch.ones(num_inputs)) if fusion != "sum" else None
-        self.conv = SeparableConvBN(channels)
+        self.conv = SeparableConvBN(channels, norm_cfg)
 
     def normalized_weights(self) -> torch.Tensor:
         """``float[num_inputs]``: the weights each input is multiplied by (non-negative, summing to
@@ -59,7 +84,7 @@ class FusionNode(nn.Module):
             return w / (w.sum() + self.eps)
         if self.fusion == "softmax":
             return torch.softmax(self.weight, dim=0)
-        return torch.ones(self.num_inputs, device=self.conv.bn.weight.device)
+        return torch.ones(self.num_inputs, device=self.conv.pointwise.weight.device)
 
     def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         if self.fusion == "sum":
@@ -82,6 +107,8 @@ class BiFPN(nn.Module):
         start_level: first backbone output used (ResNet's stride-4 output is index 0: 1 gives P3).
         num_repeats: BiFPN layers (EfficientDet-D0: 3).
         fusion: ``"fast"``, ``"softmax"`` or ``"sum"`` (:class:`FusionNode`).
+        norm_cfg: the normalisation after every convolution (:func:`norm_layer`): ``None`` for
+            EfficientDet's BatchNorm, or an mmcv config such as ``{"type": "GN", "num_groups": 32}``.
 
     Shapes: inputs ``float[B, in_channels[i], H_i, W_i]`` with ``H_{i+1} = H_i / 2``; outputs a tuple
     of ``num_outs`` maps ``float[B, out_channels, H_l, W_l]``, finest first, each extra level
@@ -90,7 +117,7 @@ class BiFPN(nn.Module):
     """
 
     def __init__(self, in_channels: list[int], out_channels: int, num_outs: int, start_level: int = 0,
-                 num_repeats: int = 3, fusion: str = "fast", init_cfg=None):
+                 num_repeats: int = 3, fusion: str = "fast", norm_cfg: dict | None = None, init_cfg=None):
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"BiFPN fusion must be one of {FUSIONS}; got {fusion!r}.")
@@ -100,17 +127,16 @@ class BiFPN(nn.Module):
                              f"got num_outs={num_outs}, num_repeats={num_repeats}.")
         self.start_level, self.num_outs = start_level, num_outs
         self.laterals = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(c, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels, momentum=0.01, eps=1e-3))
-            for c in used)
-        self.extra = (nn.Sequential(nn.Conv2d(used[-1], out_channels, 1, bias=False),
-                                    nn.BatchNorm2d(out_channels, momentum=0.01, eps=1e-3))
+            nn.Sequential(nn.Conv2d(c, out_channels, 1, bias=False), norm_layer(out_channels, norm_cfg)) for c in used)
+        self.extra = (nn.Sequential(nn.Conv2d(used[-1], out_channels, 1, bias=False), norm_layer(out_channels, norm_cfg))
                       if num_outs > len(used) else None)
         n = num_outs
         self.layers = nn.ModuleList()
         for _ in range(num_repeats):
-            top_down = nn.ModuleList(FusionNode(out_channels, 2, fusion) for _ in range(n - 1))  # levels n-2 .. 0
-            # bottom-up: middle levels fuse three inputs, the top level two
-            bottom_up = nn.ModuleList(FusionNode(out_channels, 3 if i < n - 1 else 2, fusion) for i in range(1, n))
+            # top-down: levels n-2 .. 0; bottom-up: middle levels fuse three inputs, the top level two
+            top_down = nn.ModuleList(FusionNode(out_channels, 2, fusion, norm_cfg=norm_cfg) for _ in range(n - 1))
+            bottom_up = nn.ModuleList(FusionNode(out_channels, 3 if i < n - 1 else 2, fusion, norm_cfg=norm_cfg)
+                                      for i in range(1, n))
             self.layers.append(nn.ModuleDict({"top_down": top_down, "bottom_up": bottom_up}))
 
     def init_weights(self) -> None:  # mmdet calls it; torch's defaults are the initialisation

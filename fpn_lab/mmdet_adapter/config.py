@@ -120,7 +120,10 @@ def constructor_arguments(node) -> set[str]:
         from mmdet.registry import MODELS
         from mmdet.utils import register_all_modules
 
+        from fpn_lab.mmdet_adapter.bifpn import register
+
         register_all_modules(init_default_scope=False)
+        register()  # fpn_lab's own components (``fpn_lab.BiFPN``)
         cls = MODELS.get(kind)
     else:
         cls = kind

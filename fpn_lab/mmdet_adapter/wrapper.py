@@ -37,10 +37,21 @@ def build_detector(preset, *, num_classes: int, pretrained: str = "none", neck: 
     ``init_weights()`` is always called, so heads start with their prior-probability bias
     (``bias_prob=0.01`` in RetinaNet/VFNet heads; YOLOX's own init) and, with
     ``pretrained="imagenet"``, the backbone loads the config's ImageNet checkpoint.
+
+    Raises:
+        ModelError: with ``cfg_options``, a component refused the values they gave it (a
+            ``TypeError``/``ValueError``/``KeyError``/``AssertionError`` from its constructor,
+            named with the keys given); without them such an error is raised as it is.
     """
     cfg = load_config(preset, num_classes=num_classes, pretrained=pretrained, neck=neck, neck_args=neck_args,
                       cfg_options=cfg_options)
-    model = _build(cfg, preset, init_weights=True)
+    try:
+        model = _build(cfg, preset, init_weights=True)
+    except (TypeError, ValueError, KeyError, AssertionError) as e:
+        if not cfg_options:
+            raise
+        raise ModelError(f"{preset.name} could not be built with cfg_options {dict(cfg_options)}: "
+                         f"{type(e).__name__}: {e}. Give values the component's constructor accepts.") from e
     model.neck_choice = {"neck": neck, "neck_args": dict(neck_args or {})}
     model.cfg_options = dict(cfg_options or {})
     model.pretrained = pretrained
