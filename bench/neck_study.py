@@ -1,8 +1,15 @@
-"""The neck study (issue 14, written up in docs/necks.md): train six necks over seeds, then report.
+"""The neck studies (written up in docs/necks.md): train each neck over seeds, then report.
 
     .venv/bin/python bench/neck_study.py --run --seeds 0 1 2   # train params/necks/*.yaml per seed (about an hour)
     .venv/bin/python bench/neck_study.py --report              # tables, figures and docs/necks.md from the runs
     make necks                                                 # both
+    .venv/bin/python bench/neck_study.py --study retinanet --run --seeds 1   # the RetinaNet study (16 min per run)
+
+``--study yolox`` (default) is YOLOX-tiny with six necks (``params/necks/``); ``--study retinanet`` is
+the RetinaNet R18 recipe (``params/retinanet_bccd.yaml``) with five (``params/necks_retinanet/``,
+which differ only in ``neck:``), its files under ``bench/logs/necks_retinanet/``,
+``runs/necks_retinanet/`` and ``docs/necks/retinanet_*.png``, its part of docs/necks.md between the
+``neck-study-retinanet`` markers. The paths below are the YOLOX study's.
 
 ``--run`` trains with :func:`fpn_lab.runner.compare.train_necks` (one ``fpn-lab batch`` per seed, one
 run at a time: on two cores a second process collapses both, see bench/RESULTS.md section 8) into
@@ -30,6 +37,7 @@ import os
 import platform
 import shutil
 import sys
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -37,20 +45,41 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-LOGS = ROOT / "bench" / "logs" / "necks"
-PARAMS = ROOT / "params" / "necks"
-RUNS = ROOT / "runs" / "necks"
 DOCS = ROOT / "docs"
 FIGS = DOCS / "necks"
-BEGIN, END = "<!-- neck-study:begin (bench/neck_study.py --report writes this part) -->", "<!-- neck-study:end -->"
 
 
-def run(seeds: list[int]) -> None:
+@dataclass(frozen=True)
+class Study:
+    """Where one study's params, logs, runs, figures and docs/necks.md section are."""
+
+    name: str
+    params: Path
+    logs: Path
+    runs: Path
+    prefix: str  # of its figure files in docs/necks/
+    begin: str
+    end: str
+    assigner: str  # how its head assigns boxes, for the level section's caption
+
+
+STUDIES = {
+    "yolox": Study("yolox", ROOT / "params" / "necks", ROOT / "bench" / "logs" / "necks", ROOT / "runs" / "necks", "",
+                   "<!-- neck-study:begin (bench/neck_study.py --report writes this part) -->",
+                   "<!-- neck-study:end -->", "SimOTA"),
+    "retinanet": Study("retinanet", ROOT / "params" / "necks_retinanet", ROOT / "bench" / "logs" / "necks_retinanet",
+                       ROOT / "runs" / "necks_retinanet", "retinanet_",
+                       "<!-- neck-study-retinanet:begin (bench/neck_study.py --study retinanet --report writes this part) -->",
+                       "<!-- neck-study-retinanet:end -->", "MaxIoU on anchors"),
+}
+
+
+def run(study: Study, seeds: list[int]) -> None:
     from fpn_lab.runner.compare import train_necks
 
     for seed in seeds:  # one seed at a time, so the metrics of a finished seed are kept if a later one fails
-        (batch_dir,) = train_necks(PARAMS, [seed], runs_dir=RUNS)
-        out = LOGS / f"seed{seed}"
+        (batch_dir,) = train_necks(study.params, [seed], runs_dir=study.runs)
+        out = study.logs / f"seed{seed}"
         out.mkdir(parents=True, exist_ok=True)
         for metrics in sorted(batch_dir.glob("*/metrics.json")):
             shutil.copy(metrics, out / f"{metrics.parent.name}.json")
@@ -65,7 +94,7 @@ def _save(fig, name: str) -> str:
     return f"necks/{name}"
 
 
-def levels_section(checkpoints: Path, metrics: list[dict]) -> tuple[str, list[str]]:
+def levels_section(study: Study, checkpoints: Path, metrics: list[dict]) -> tuple[str, list[str]]:
     """Per neck and class, the level shares of the test boxes (seed-0 checkpoints) and one figure
     of them; the neck-output figure per neck. Returns markdown and the figure paths."""
     import matplotlib.pyplot as plt
@@ -104,7 +133,7 @@ def levels_section(checkpoints: Path, metrics: list[dict]) -> tuple[str, list[st
         ds = Dataset(data.valid, resize_and_pad(size, model.preset.pad_value))
         fig = show_fpn_features(model, ds, index=index, class_names=names)
         fig.suptitle(f"{label}: neck outputs (seed-0 checkpoint), BCCD test image {data.valid[index].image_id}", y=1.02)
-        figs.append(_save(fig, f"features_{stem}.png"))
+        figs.append(_save(fig, f"{study.prefix}features_{stem}.png"))
     fig, axes = plt.subplots(1, len(shares), figsize=(2.6 * len(shares), 2.8), sharey=True)
     colors = plt.cm.viridis(np.linspace(0.1, 0.9, 5))
     for ax, (label, s) in zip(np.atleast_1d(axes), shares.items()):
@@ -117,13 +146,13 @@ def levels_section(checkpoints: Path, metrics: list[dict]) -> tuple[str, list[st
         ax.set(title=label, xlim=(0, 1), xlabel="share of test boxes")
         ax.title.set_fontsize(9)
     np.atleast_1d(axes)[-1].legend(fontsize=7, loc="lower right")
-    fig.suptitle("Pyramid level the model's assigner gives each test box, per class (seed 0, 320 px)")
+    fig.suptitle(f"Pyramid level the model's assigner ({study.assigner}) gives each test box, per class (seed 0)")
     fig.tight_layout()
-    figs.insert(0, _save(fig, "levels.png"))
+    figs.insert(0, _save(fig, f"{study.prefix}levels.png"))
     return "\n".join(lines), figs
 
 
-def report(checkpoints: Path) -> str:
+def report(study: Study, checkpoints: Path) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -131,15 +160,16 @@ def report(checkpoints: Path) -> str:
 
     from fpn_lab.runner.compare import add_complexity, load_runs, markdown_table, neck_figures, neck_table, table_records
 
-    metrics = load_runs(LOGS)
+    metrics = load_runs(study.logs)
     rows = add_complexity(neck_table(metrics), metrics)
-    figs = {name: _save(fig, f"{name}.png") for name, fig in neck_figures(rows).items()}
-    levels_md, level_figs = levels_section(checkpoints, metrics)
+    figs = {name: _save(fig, f"{study.prefix}{name}.png") for name, fig in neck_figures(rows).items()}
+    levels_md, level_figs = levels_section(study, checkpoints, metrics)
+    size = metrics[0]["params"]["image_size"]
     seeds = sorted({s for r in rows for s in r["seeds"]})
     text = "\n".join([
-        BEGIN,
-        f"Generated {datetime.now():%Y-%m-%d %H:%M} by `bench/neck_study.py --report` from {len(metrics)} runs "
-        f"(`bench/logs/necks/seed*/`, seeds {seeds}); FLOPs, parameters and latency from untrained copies, "
+        study.begin,
+        f"Generated {datetime.now():%Y-%m-%d %H:%M} by `bench/neck_study.py --study {study.name} --report` from "
+        f"{len(metrics)} runs (`{study.logs.relative_to(ROOT)}/seed*/`, seeds {seeds}); FLOPs, parameters and latency from untrained copies, "
         f"latency with {torch.get_num_threads()} torch threads on {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}).",
         "",
         "### Accuracy, cost and time per neck",
@@ -148,7 +178,7 @@ def report(checkpoints: Path) -> str:
         "",
         *(f"![{name}]({path})" for name, path in figs.items()),
         "",
-        "### Which level takes which boxes (BCCD test split, 320 px, seed-0 checkpoints)",
+        f"### Which level takes which boxes (BCCD test split, {size} px, seed-0 checkpoints)",
         "",
         levels_md,
         "",
@@ -158,30 +188,34 @@ def report(checkpoints: Path) -> str:
         "its assigner picks):",
         "",
         *(f"![{Path(p).stem}]({p})" for p in level_figs[1:]),
-        END,
+        study.end,
     ])
     doc = DOCS / "necks.md"
     body = doc.read_text()
-    if BEGIN not in body or END not in body:
-        raise SystemExit(f"{doc} has lost its markers {BEGIN!r} ... {END!r}; put them back where the tables go.")
-    doc.write_text(body[: body.index(BEGIN)] + text + body[body.index(END) + len(END):])
-    (ROOT / "bench" / "logs" / "neck_study.txt").write_text(text + "\n")
+    if study.begin not in body or study.end not in body:
+        raise SystemExit(f"{doc} has lost its markers {study.begin!r} ... {study.end!r}; put them back where the "
+                         "tables go.")
+    doc.write_text(body[: body.index(study.begin)] + text + body[body.index(study.end) + len(study.end):])
+    (ROOT / "bench" / "logs" / f"neck_study{'_' + study.name if study.prefix else ''}.txt").write_text(text + "\n")
     return text
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", action="store_true", help="train the necks (fpn-lab batch per seed)")
+    ap.add_argument("--study", choices=sorted(STUDIES), default="yolox", help="which detector's study (default yolox)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--report", action="store_true", help="write the tables, figures and docs/necks.md")
-    ap.add_argument("--checkpoints", type=Path, default=RUNS / "seed0", help="the seed-0 runs (<neck>/model.pth)")
+    ap.add_argument("--checkpoints", type=Path, default=None,
+                    help="the seed-0 runs (<neck>/model.pth); default runs/<study folder>/seed0")
     args = ap.parse_args(argv)
     if not (args.run or args.report):
         ap.error("give --run, --report or both")
+    study = STUDIES[args.study]
     if args.run:
-        run(args.seeds)
+        run(study, args.seeds)
     if args.report:
-        print(report(args.checkpoints))
+        print(report(study, args.checkpoints or study.runs / "seed0"))
     return 0
 
 
