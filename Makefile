@@ -1,10 +1,12 @@
 # fpn_lab: two commands do all the set-up on a fresh machine.
 #   make demo   - create the environment if missing, then train the demo headless (runs/<name>/)
 #   make test   - create the environment if missing, then run the test suite
+#   make docs   - build the documentation site into site/ (mkdocs build --strict)
+#   make docs-serve - the site on http://127.0.0.1:8000 with search, rebuilt as files change (offline)
 PY := .venv/bin/python
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: setup demo test test-all bench bench-parity necks lab clean-runs
+.PHONY: setup demo test test-all docs docs-serve bench bench-parity necks lab clean-runs
 
 setup:
 	@bash scripts/setup.sh
@@ -17,6 +19,12 @@ test: setup
 
 test-all: setup
 	$(PY) -m pytest -m ""
+
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+docs-serve: setup
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve --strict
 
 bench: setup
 	bash bench/run_all.sh

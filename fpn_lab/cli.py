@@ -72,7 +72,9 @@ def _params(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fpn-lab`` command's parser: sub-commands ``run``, ``batch``, ``export`` and ``params``
+    (the documentation's CLI reference is generated from it)."""
     parser = argparse.ArgumentParser(prog="fpn-lab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a notebook headless with a params YAML into runs/<name>/")
@@ -91,7 +93,7 @@ def main(argv=None) -> int:
     run.add_argument("--min", action="append", metavar="KEY=VALUE",
                      help="regression gate on metrics.json, e.g. --min AP50=0.7: exit 1 when below")
     run.add_argument("--nproc", type=int, default=1, metavar="N",
-                     help="train in N processes on this machine with torchrun (DDP; README 'Several processes')")
+                     help="train in N processes on this machine with torchrun (DDP; docs/distributed.md)")
     run.set_defaults(func=_run)
     bat = sub.add_parser("batch", help="run several params files, then write a comparison page and CSV")
     bat.add_argument("params", nargs="+", help="params YAML files (one run each, named after the file)")
@@ -114,7 +116,11 @@ def main(argv=None) -> int:
     par = sub.add_parser("params", help="list a notebook's parameters with types and defaults")
     par.add_argument("notebook", nargs="?", default="notebooks/getting_started.ipynb")
     par.set_defaults(func=_params)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except FpnLabError as e:

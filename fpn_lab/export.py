@@ -273,8 +273,14 @@ class OnnxDetector:
         num_threads: onnxruntime's intra-op threads; 0: its default (the machine's cores).
 
     Attributes:
-        class_names, class_map (names with the source's category ids), image_size, pad_position,
-        pad_value, preset, num_classes, metadata (the whole dict).
+        class_names: the class names, in label order.
+        class_map: the names with the source's category ids.
+        image_size: the fixed input side in pixels the file was exported at.
+        pad_position: where the letterbox puts the image (``"top_left"`` or ``"center"``).
+        pad_value: the letterbox fill (RGB 0..255).
+        preset: the preset name.
+        num_classes: the number of classes.
+        metadata: the file's whole ``fpn_lab`` metadata dict.
 
     Raises:
         ModelError: the file is missing, not ONNX, or not exported by fpn_lab (no metadata).

@@ -218,8 +218,10 @@ class VOCBBoxParser(_Parser):
             found here) is an error (True) or skipped and counted in ``report.skipped_images`` (False).
     """
 
-    def __init__(self, annotations_dir: str | Path, images_dir: str | Path, **kwargs):
-        super().__init__(images_dir, **kwargs)
+    def __init__(self, annotations_dir: str | Path, images_dir: str | Path, *,
+                 class_map: ClassMap | Sequence[str] | None = None, label_mapping: Mapping[str, str] | None = None,
+                 strict: bool = True):
+        super().__init__(images_dir, class_map=class_map, label_mapping=label_mapping, strict=strict)
         self.annotations_dir = Path(annotations_dir)
         if not self.annotations_dir.is_dir():
             raise DataError(f"annotations directory not found: {self.annotations_dir}. Pass the folder of VOC *.xml files.")
@@ -321,8 +323,10 @@ class COCOBBoxParser(_Parser):
       ``report.dropped["unknown-image"]``, such images in ``report.skipped_images``.
     """
 
-    def __init__(self, annotations_file: str | Path, images_dir: str | Path, **kwargs):
-        super().__init__(images_dir, **kwargs)
+    def __init__(self, annotations_file: str | Path, images_dir: str | Path, *,
+                 class_map: ClassMap | Sequence[str] | None = None, label_mapping: Mapping[str, str] | None = None,
+                 strict: bool = True):
+        super().__init__(images_dir, class_map=class_map, label_mapping=label_mapping, strict=strict)
         self.annotations_file = Path(annotations_file)
         try:
             self.data = json.loads(self.annotations_file.read_text())

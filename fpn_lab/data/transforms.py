@@ -183,7 +183,8 @@ def aug_tfms(size: int, presize: int | None = None, *, pad_value=(114, 114, 114)
         presize: if given, images are first resized so the longest side is ``presize`` and
             augmented at that resolution (cheaper; IceVision's ``presize``), then letterboxed.
         pad_value: fill for padding and for areas uncovered by the affine shift (RGB 0..255).
-        horizontal_flip, vertical_flip: random flips with p = 0.5.
+        horizontal_flip: random left-right flips with p = 0.5.
+        vertical_flip: random up-down flips with p = 0.5.
         scale: random zoom range of the affine step; translate: fraction of the side (applied to
             every image, as mmdet's ``RandomAffine``).
         color: additive hue / saturation / value shifts of up to 5 / 30 / 30 in OpenCV's uint8 HSV

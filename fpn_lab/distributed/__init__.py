@@ -2,7 +2,7 @@
 process groups.
 
 A notebook run under ``torchrun`` (``fpn-lab run PARAMS.yaml --nproc N``, or torchrun directly for
-several machines: README, "Several processes") executes the same cells in every process.
+several machines: docs/distributed.md) executes the same cells in every process.
 :meth:`~fpn_lab.runner.context.Run.start` calls :func:`init`, which joins the process group
 torchrun describes in the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
 ``MASTER_PORT``): gloo on the CPU, NCCL on CUDA (each process on GPU ``LOCAL_RANK``). Then:
@@ -76,7 +76,7 @@ def torchrun_env() -> dict[str, str] | None:
     missing = [k for k, v in env.items() if not v]
     if missing:
         raise ParamsError(f"WORLD_SIZE={env['WORLD_SIZE']} but {missing} are not set; start the processes with torchrun "
-                          "(`fpn-lab run PARAMS.yaml --nproc N`, or README 'Several processes'), which sets "
+                          "(`fpn-lab run PARAMS.yaml --nproc N`, or docs/distributed.md), which sets "
                           f"{list(TORCHRUN_ENV)}.")
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         if not env[k].isdigit():

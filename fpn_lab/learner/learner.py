@@ -67,10 +67,12 @@ def make_learner(dls, model, class_map, *, opt: str = "adam", wd: float = 0.01, 
             YOLOX's L1 box loss (:class:`~fpn_lab.learner.mode_switch.LastEpochsSwitch`); 0: off.
         amp: mixed precision (fastai's ``MixedPrecision``: float16 autocast and a gradient scaler);
             CUDA only (:func:`fpn_lab.device.check_amp`).
-        find_unused_parameters, sync_bn: DDP settings, used only in a process group (torchrun):
-            the learner then gets :class:`~fpn_lab.distributed.trainer.DistributedTrainer`, and ranks
-            other than 0 keep fastai's files and the last good weights in a temporary folder
-            (only rank 0 writes to ``path``).
+        find_unused_parameters: DDP's flag for a forward that leaves parameters unused; used only
+            in a process group (torchrun), where the learner gets
+            :class:`~fpn_lab.distributed.trainer.DistributedTrainer` and ranks other than 0 keep
+            fastai's files and the last good weights in a temporary folder (only rank 0 writes to
+            ``path``).
+        sync_bn: ``SyncBatchNorm`` across the processes of a group (CUDA only); unused outside one.
 
     The learner gets ``learn.class_map`` and ``learn.coco`` (the metric accumulator: last
     validation's detections and full COCO result).

@@ -299,7 +299,7 @@ def check_device_params(params: dict, nproc: int = 1) -> None:
         have, what = usable_cores(), "usable CPU core(s)"
     if nproc > have:
         raise ParamsError(f"--nproc {nproc}: this machine has {have} {what} (device {resolved}), and each process needs "
-                          f"one of its own; use --nproc {have} or fewer (several machines: README 'Several processes').")
+                          f"one of its own; use --nproc {have} or fewer (several machines: docs/distributed.md).")
 
 
 def execute(notebook: Path, out_nb: Path, params: dict, log_file: Path, *, kernel: str = KERNEL_NAME,

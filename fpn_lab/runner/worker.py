@@ -182,7 +182,7 @@ def main(argv=None) -> int:
             raise ParamsError(f"notebook not found: {notebook}.")
         if "RANK" not in os.environ:
             raise ParamsError("fpn_lab.runner.worker runs under torchrun (it reads RANK and WORLD_SIZE); use "
-                              "`fpn-lab run PARAMS.yaml --nproc N`, or torchrun ... -m fpn_lab.runner.worker (README).")
+                              "`fpn-lab run PARAMS.yaml --nproc N`, or torchrun ... -m fpn_lab.runner.worker (docs/distributed.md).")
         params = json.loads(args.params_json) if args.params_json else {
             **(load_params_file(args.params) if args.params else {}), **parse_set(args.set)}
         spec = notebook_parameters(notebook)
