@@ -11,7 +11,7 @@ which differ only in ``neck:``), its files under ``bench/logs/necks_retinanet/``
 ``runs/necks_retinanet/`` and ``docs/necks/retinanet_*.png``, its part of docs/necks.md between the
 ``neck-study-retinanet`` markers. The paths below are the YOLOX study's.
 
-``--run`` trains with :func:`fpn_lab.runner.compare.train_necks` (one ``fpn-lab batch`` per seed, one
+``--run`` trains with :func:`fpn_lab.runner.studies.train_necks` (one ``fpn-lab batch`` per seed, one
 run at a time: on two cores a second process collapses both, see bench/RESULTS.md section 8) into
 ``runs/necks/seed<K>/<neck>/`` and copies each run's ``metrics.json`` to
 ``bench/logs/necks/seed<K>/<neck>.json`` (kept in git).
@@ -75,7 +75,7 @@ STUDIES = {
 
 
 def run(study: Study, seeds: list[int]) -> None:
-    from fpn_lab.runner.compare import train_necks
+    from fpn_lab.runner.studies import train_necks
 
     for seed in seeds:  # one seed at a time, so the metrics of a finished seed are kept if a later one fails
         (batch_dir,) = train_necks(study.params, [seed], runs_dir=study.runs)

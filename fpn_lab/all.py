@@ -32,7 +32,8 @@ from fpn_lab.metrics.coco import per_class_table, records_to_coco
 from fpn_lab.models.build import build_model, count_parameters, place_model
 from fpn_lab.models.catalogue import selection_table
 from fpn_lab.models.registry import get_preset, list_models
-from fpn_lab.runner.context import Run, display_path, project_path, set_seed, write_json_atomic
+from fpn_lab.runner.context import Run, set_seed
+from fpn_lab.runner.paths import display_path, project_path, write_json_atomic
 from fpn_lab.threads import configure_threads
 from fpn_lab.viz.analysis import plot_confusion_matrix, plot_curves, show_worst_images
 from fpn_lab.viz.draw import (

@@ -64,7 +64,7 @@ def _export(args) -> int:
 
 
 def _params(args) -> int:
-    from fpn_lab.runner.context import project_path
+    from fpn_lab.runner.paths import project_path
     from fpn_lab.runner.params import notebook_parameters
 
     for name, info in notebook_parameters(project_path(args.notebook)).items():

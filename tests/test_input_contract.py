@@ -163,17 +163,18 @@ def test_run_records_the_model_that_was_evaluated_not_the_parameters_selection(f
 def test_a_run_folder_it_named_itself_is_renamed_after_the_trained_preset(fridge, tmp_path, monkeypatch):
     """The picker built RetinaNet R18 while the parameter cell said YOLOX-tiny: the run folder stayed
     runs/<time>-yolox_tiny_pafpn_300e and the save cell wrote RetinaNet's model.pth into it."""
-    import fpn_lab.runner.context as context
+    import fpn_lab.runner.paths as paths
     from conftest import ROOT
+    from fpn_lab.runner.context import Run
     from fpn_lab.learner.learner import make_learner
     from fpn_lab.runner.params import notebook_parameters
 
-    monkeypatch.setattr(context, "project_path", lambda p: tmp_path / p)
+    monkeypatch.setattr(paths, "project_root", lambda: tmp_path)  # the run folder under tmp_path/runs
     class_map, records = fridge
     notebook = ROOT / "notebooks" / "getting_started.ipynb"
     namespace = {k: v["default"] for k, v in notebook_parameters(notebook).items()}
     namespace.update(selection="yolox_tiny_pafpn_300e", data_dir=str(DATA / "fridge"), split="random", interactive=False)
-    run = context.Run.start(namespace, notebook=notebook)
+    run = Run.start(namespace, notebook=notebook)
     assert run.dir.name.endswith("-yolox_tiny_pafpn_300e")
     set_seed(0)
     model = build_model("retinanet_r18_fpn_1x", num_classes=len(class_map))

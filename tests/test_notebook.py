@@ -268,7 +268,7 @@ def test_the_html_shows_widgets_as_text_and_carries_no_control_characters(tmp_pa
     """A widget output rendered as a blank area, and NUL / ESC from a cell's output were copied into the HTML."""
     import nbformat
 
-    from fpn_lab.runner.papermill_run import render_html
+    from fpn_lab.runner.execute import render_html
 
     nb = nbformat.v4.new_notebook()
     cell = nbformat.v4.new_code_cell("picker")

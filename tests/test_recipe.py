@@ -10,7 +10,7 @@ from fpn_lab.data.transforms import resize_and_pad
 from fpn_lab.learner.learner import make_learner, recipe_settings
 from fpn_lab.mmdet_adapter.config import load_config
 from fpn_lab.mmdet_adapter.config import recipe_from_config
-from fpn_lab.models.recipe import Recipe
+from fpn_lab.core.recipe import Recipe
 from fpn_lab.models.registry import get_preset, list_models
 
 

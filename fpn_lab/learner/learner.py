@@ -223,7 +223,7 @@ def check_batch_for_batchnorm(model, batch_size: int, image_size: int) -> None:
 
 
 def recipe_settings(recipe) -> tuple:
-    """fastai settings for an mmdet :class:`~fpn_lab.models.recipe.Recipe`.
+    """fastai settings for an mmdet :class:`~fpn_lab.core.recipe.Recipe`.
 
     Returns ``(opt_func, wd, wd_bn_bias, callbacks)``: SGD with the recipe's momentum and L2
     weight decay (mmdet's SGD couples decay into the gradient; fastai ``decouple_wd=False``) or

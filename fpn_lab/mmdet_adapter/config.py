@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fpn_lab.errors import ModelError, did_you_mean
 from fpn_lab.mmdet_adapter.necks import set_neck
-from fpn_lab.models.recipe import Recipe
+from fpn_lab.core.recipe import Recipe
 
 
 def configs_root() -> Path:
@@ -154,7 +154,7 @@ def set_num_classes(cfg, num_classes: int) -> None:
 
 def recipe_from_config(cfg) -> Recipe:
     """Read ``optim_wrapper``, ``param_scheduler``, ``custom_hooks``, ``auto_scale_lr`` and
-    ``train_cfg`` of an ``mmengine.Config`` into a :class:`~fpn_lab.models.recipe.Recipe`."""
+    ``train_cfg`` of an ``mmengine.Config`` into a :class:`~fpn_lab.core.recipe.Recipe`."""
     ow = cfg.get("optim_wrapper", {})
     opt = ow.get("optimizer", {})
     pw = ow.get("paramwise_cfg") or {}

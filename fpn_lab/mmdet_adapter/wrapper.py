@@ -157,7 +157,7 @@ class MMDetModel(nn.Module):
 
     @property
     def recipe(self):
-        """The training recipe of the preset's mmdet config (:class:`~fpn_lab.models.recipe.Recipe`)."""
+        """The training recipe of the preset's mmdet config (:class:`~fpn_lab.core.recipe.Recipe`)."""
         from fpn_lab.mmdet_adapter.config import recipe_from_config
 
         return recipe_from_config(self.cfg)

@@ -30,7 +30,7 @@ from datetime import datetime
 from pathlib import Path
 
 from fpn_lab.errors import ParamsError
-from fpn_lab.runner.context import project_path, unique_run_dir
+from fpn_lab.runner.paths import project_path, unique_run_dir
 from fpn_lab.runner.params import load_params_file, parse_set, validate_params
 from fpn_lab.threads import usable_cores
 

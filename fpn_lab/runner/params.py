@@ -196,7 +196,7 @@ def _check_values(params: dict) -> None:
     from fpn_lab.data.transforms import Letterbox
     from fpn_lab.errors import FpnLabError
     from fpn_lab.models.registry import get_preset
-    from fpn_lab.runner.context import project_path
+    from fpn_lab.runner.paths import project_path
 
     try:
         if "selection" in params:

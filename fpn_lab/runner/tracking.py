@@ -133,7 +133,7 @@ def prepare_store():
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow import MlflowClient
 
-    from fpn_lab.runner.context import project_path
+    from fpn_lab.runner.paths import project_path
 
     uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_path('runs') / 'mlflow.db'}"
     if uri.startswith("sqlite:///"):

@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from fpn_lab.errors import FpnLabError, ParamsError
-from fpn_lab.runner.context import display_path, project_path, write_json_atomic
+from fpn_lab.runner.paths import display_path, project_path, write_json_atomic
 
 RANKS_DIR = "ranks"
 
@@ -49,8 +49,8 @@ def run_rank(notebook: Path, run_dir: Path, params: dict, *, kernel: str, timeou
              hide_input: bool = False) -> bool:
     """Execute ``notebook`` as this process's share of the run (rank from torchrun's ``RANK``);
     write ``ranks/rank<k>.json``. Rank 0 with ``finish`` renders and writes ``metrics.json``
-    (:func:`~fpn_lab.runner.papermill_run.finish_run`). Returns whether this process succeeded."""
-    from fpn_lab.runner.papermill_run import _failure, execute, finish_run
+    (:func:`~fpn_lab.runner.execute.finish_run`). Returns whether this process succeeded."""
+    from fpn_lab.runner.execute import execute, failure_record, finish_run
 
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     ranks = run_dir / RANKS_DIR
@@ -69,7 +69,7 @@ def run_rank(notebook: Path, run_dir: Path, params: dict, *, kernel: str, timeou
               "started_at": started, "ended_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "ended_s": time.time(), "notebook": display_path(out_nb), "log": display_path(log_file)}
     if not ok:
-        status["error"] = {**_failure(error), "rank": rank}
+        status["error"] = {**failure_record(error), "rank": rank}
         status["terminated"] = isinstance(error, _Terminated)
     if ok and not main:
         out_nb.unlink(missing_ok=True)  # rank 0's notebook is the run's; keep the others' only to debug a failure
