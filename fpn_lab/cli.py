@@ -1,4 +1,5 @@
-"""``fpn-lab`` command line: run notebooks headless and list their parameters."""
+"""The fpn-lab command: run notebooks headless (one run, or a batch with a comparison page), export a
+trained model to ONNX, and list a notebook's parameters."""
 
 from __future__ import annotations
 
@@ -102,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     bat.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a parameter in every run")
     bat.add_argument("--min", action="append", metavar="KEY=VALUE",
                      help="regression gate, e.g. --min AP50=0.7: exit 1 when a run falls below")
-    bat.add_argument("--runs-dir", default="runs")
+    bat.add_argument("--runs-dir", default="runs", help="folder for the batch folder (default runs)")
     bat.add_argument("--timeout", type=float, default=None, help="per-run timeout in seconds")
     bat.add_argument("--track", choices=["none", "tensorboard", "mlflow"], help="log every run to TensorBoard or MLflow")
     bat.set_defaults(func=_batch)

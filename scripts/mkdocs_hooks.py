@@ -11,9 +11,11 @@ from the code are generated at build time, never committed.
 * ``reference/api.md``: the public names of ``fpn_lab.all`` (IceVision's and fpn_lab's own), each
   rendered from its docstring by mkdocstrings, grouped by the module that defines it.
 * ``benchmarks/results.md``: bench/RESULTS.md.
+* In docs/migrating_from_icevision.md, the IceVision backbone table (:func:`on_page_markdown`).
 * ``notebook/getting_started.ipynb``: the getting-started notebook as executed by the newest
-  finished demo run (``runs/*/`` whose ``metrics.json`` says ``status: ok`` with ``params/demo.yaml``'s
-  preset), with a first cell naming that run; without one, the committed notebook without outputs and a
+  finished demo run of the committed code (``runs/*/`` whose ``metrics.json`` says ``status: ok`` with
+  ``params/demo.yaml``'s preset, and whose code cells are the committed notebook's), with a first cell
+  naming that run; without one, the committed notebook without outputs and a
   first cell saying how to get them (``make demo``); widgets by their text form (their live views
   would load a script from a CDN). mkdocs-jupyter renders it.
 """
@@ -32,8 +34,8 @@ _LINK = re.compile(r"(?<!!)\[([^\]]+)\]\(([^)\s]+)\)")
 
 
 def site_links(markdown: str, *, prefix: str = "") -> str:
-    """Rewrite a repository markdown file's links for the site: ``docs/X.md#a`` -> ``prefix + X.md#a``;
-    web and in-page links unchanged; any other repository path -> its text followed by the path in
+    """Rewrite a repository markdown file's links for the site: ``docs/X.md#a`` -> ``prefix + X.md#a``,
+    ``bench/RESULTS.md`` -> its page ``benchmarks/results.md``; web and in-page links unchanged; any other repository path -> its text followed by the path in
     code (``text (`path`)``, or the text alone when it already is code)."""
     def rewrite(m: re.Match) -> str:
         text, target = m.group(1), m.group(2)
@@ -41,6 +43,8 @@ def site_links(markdown: str, *, prefix: str = "") -> str:
             return m.group(0)
         if target.startswith("docs/"):
             return f"[{text}]({prefix}{target[len('docs/'):]})"
+        if target.split("#")[0] == "bench/RESULTS.md":  # on the site: its page
+            return f"[{text}]({prefix}benchmarks/results.md)"
         return text if text.startswith("`") else f"{text} (`{target}`)"
 
     return _LINK.sub(rewrite, markdown)
@@ -79,7 +83,7 @@ def params_page() -> str:
     for nb in ("getting_started", "compare_necks"):
         lines += [f"## `notebooks/{nb}.ipynb`", "", "| parameter | type | default | meaning |", "| --- | --- | --- | --- |"]
         for name, info in notebook_parameters(ROOT / "notebooks" / f"{nb}.ipynb").items():
-            default = json.dumps(info["default"]) if not isinstance(info["default"], str) else repr(info["default"])
+            default = repr(info["default"])  # as written in the notebook (Python), as the comments speak
             help_text = str(info.get("help") or "").replace("|", "\\|")
             lines.append(f"| `{name}` | {info['type']} | `{default}` | {help_text} |")
         lines.append("")
@@ -130,9 +134,17 @@ def api_page() -> str:
     return "\n".join(lines)
 
 
+def _code_cells(nb) -> list[str]:
+    return [c.source for c in nb.cells if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]
+
+
 def newest_demo_notebook() -> tuple[Path | None, dict | None]:
-    """The executed notebook of the newest ``runs/*/`` demo run that finished ok, and its metrics."""
+    """The executed notebook of the newest ``runs/*/`` demo run that finished ok with the committed
+    notebook's code (every code cell the same, papermill's injected parameters aside), and its metrics."""
+    import nbformat
     import yaml
+
+    committed = _code_cells(nbformat.read(str(ROOT / "notebooks" / "getting_started.ipynb"), as_version=4))
 
     preset = (yaml.safe_load((ROOT / "params" / "demo.yaml").read_text()) or {}).get("selection")
     found = []
@@ -143,7 +155,8 @@ def newest_demo_notebook() -> tuple[Path | None, dict | None]:
             continue
         nb = metrics.parent / "getting_started.ipynb"
         if m.get("status") == "ok" and m.get("preset") == preset and nb.is_file() and m.get("metrics"):
-            found.append((m.get("finished_at", ""), nb, m))
+            if _code_cells(nbformat.read(str(nb), as_version=4)) == committed:
+                found.append((m.get("finished_at", ""), nb, m))
     if not found:
         return None, None
     _, nb, m = max(found, key=lambda t: t[0])
@@ -163,7 +176,8 @@ def notebook_file(out_dir: Path) -> Path:
         met = m["metrics"]
         note = (f"**Outputs of a real run**: `{nb_path.parent.relative_to(ROOT)}` (`make demo`, seed "
                 f"{m.get('seed')}, finished {m.get('finished_at')}): AP {met['AP']:.3f}, AP50 {met['AP50']:.3f} on the "
-                "BCCD test split. The committed notebook, `notebooks/getting_started.ipynb`, has no outputs.")
+                "BCCD test split. Another CPU gives other last digits (its float kernels round differently). The "
+                "committed notebook, `notebooks/getting_started.ipynb`, has no outputs.")
     # widgets are shown by their text form, as in the runs' HTML: their live views would load
     # Jupyter's widget manager from a CDN
     nb.metadata.pop("widgets", None)
@@ -200,6 +214,28 @@ def on_files(files, config):
     files.append(File("notebook/getting_started.ipynb", src_dir=tmp.name, dest_dir=config["site_dir"],
                       use_directory_urls=config["use_directory_urls"]))
     return files
+
+
+BACKBONES_MARKER = "<!-- icevision-backbones: generated by scripts/mkdocs_hooks.py -->"
+
+
+def icevision_backbones_table() -> str:
+    """Every IceVision backbone name per architecture with its preset and ``selection`` index."""
+    from fpn_lab.models.registry import archs, get_preset, icevision_backbones
+
+    lines = ["| `models.mmdet.<type>` | `.backbones.<name>` | fpn_lab preset | selection |", "| --- | --- | --- | --- |"]
+    for arch in archs():
+        for name, preset in icevision_backbones(arch).items():
+            sel = get_preset(preset).selection
+            lines.append(f"| `{arch}` | `{name}` | `{preset}` | {'' if sel is None else sel} |")
+    return "\n".join(lines)
+
+
+def on_page_markdown(markdown, page, config, files):
+    """Fill the generated parts of hand-written pages (the IceVision backbone table)."""
+    if BACKBONES_MARKER in markdown:
+        markdown = markdown.replace(BACKBONES_MARKER, icevision_backbones_table())
+    return markdown
 
 
 _ROLE = re.compile(r":(?:py:)?(?:func|class|meth|attr|mod|data|exc|obj):(?=<code>)")

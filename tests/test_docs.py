@@ -58,6 +58,12 @@ def test_generated_pages_follow_the_code(site):
     api = (site / "reference" / "api.html").read_text()
     for name in ("build_model", "open_dataset", "evaluate", "load_checkpoint", "OnnxDetector", "COCOMetric"):
         assert re.search(rf'id="[\w.]*{name}"', api), name
+    from fpn_lab.models.registry import archs, icevision_backbones
+
+    migrating = (site / "migrating_from_icevision.html").read_text()
+    for arch in archs():
+        for name, preset in icevision_backbones(arch).items():
+            assert f"<code>{name}</code>" in migrating and f"<code>{preset}</code>" in migrating, name
     # the front page is README.md, its links pointed at the site's pages
     index = (site / "index.html").read_text()
     assert "make demo" in index and 'href="getting-started.html"' in index and "docs/getting-started.md" not in index
