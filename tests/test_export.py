@@ -1,5 +1,5 @@
 """ONNX export (fpn_lab.export): raw outputs and final boxes of onnxruntime against PyTorch for YOLOX,
-RetinaNet and VFNet, a fresh process, mmcv operators, the metadata and `fpn-lab export`."""
+RetinaNet, VFNet and FCOS, a fresh process, mmcv operators, the metadata and `fpn-lab export`."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import onnxruntime  # noqa: F401,E402  (declared dependencies: a broken wheel fa
 import onnxscript  # noqa: F401,E402
 
 SIZE = 128
-ARCHS = ["yolox_tiny_pafpn_300e", "retinanet_r18_fpn_1x", "vfnet_r50_fpn_1x"]
+ARCHS = ["yolox_tiny_pafpn_300e", "retinanet_r18_fpn_1x", "vfnet_r50_fpn_1x", "fcos_r50-caffe_fpn_1x"]
 NAMES = ["milk_bottle", "carton", "can", "water_bottle"]
 
 

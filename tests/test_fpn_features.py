@@ -16,17 +16,20 @@ from fpn_lab.models.build import build_model  # noqa: E402
 from fpn_lab.viz.draw import show_fpn_features  # noqa: E402
 
 
-@pytest.mark.parametrize("name", ["retinanet_r18_fpn_1x", "vfnet_r50_fpn_1x", "yolox_tiny_pafpn_300e"])
+@pytest.mark.parametrize("name", ["retinanet_r18_fpn_1x", "vfnet_r50_fpn_1x", "fcos_r50-caffe_fpn_1x",
+                                  "yolox_tiny_pafpn_300e"])
 def test_levels_and_assignment(name, bccd_records):
     parser, train, _ = bccd_records
     model = build_model(name, num_classes=3)
-    ds = Dataset(train[:1], resize_and_pad(256))
+    size = 640 if name.startswith("fcos") else 256  # FCOS's P3 takes boxes up to 128 px: at 256 px, every BCCD box
+    ds = Dataset(train[:1], resize_and_pad(size))
     images, targets = collate([ds[0]])
     feats = neck_features(model, images, targets)
-    assert [f.shape[-1] for f in feats] == [256 // 2 ** int(p[1:]) for p in model.levels]
+    assert [f.shape[-1] for f in feats] == [size // 2 ** int(p[1:]) for p in model.levels]
     (levels,) = assigned_levels(model, images, targets)
     assert levels.shape == (len(targets[0]["boxes"]),) and ((levels >= -1) & (levels < len(feats))).all()
-    if name == "retinanet_r18_fpn_1x":  # MaxIoU on anchors: bigger boxes land on coarser levels
+    # RetinaNet (MaxIoU on level-sized anchors) and FCOS (a regress range per level): bigger boxes land on coarser levels
+    if name in ("retinanet_r18_fpn_1x", "fcos_r50-caffe_fpn_1x"):
         sizes = np.sqrt(np.prod(targets[0]["boxes"].numpy()[:, 2:] - targets[0]["boxes"].numpy()[:, :2], axis=1))
         wbc = targets[0]["labels"].numpy() == parser.class_map.index("WBC")
         plt_ = targets[0]["labels"].numpy() == parser.class_map.index("Platelets")

@@ -13,7 +13,7 @@ from fpn_lab.data.transforms import resize_and_pad
 from fpn_lab.errors import ModelError
 from fpn_lab.models.build import build_model
 
-DETECTORS = ["vfnet_r50_fpn_1x", "retinanet_r18_fpn_1x", "yolox_tiny_pafpn_300e"]
+DETECTORS = ["vfnet_r50_fpn_1x", "retinanet_r18_fpn_1x", "fcos_r50-caffe_fpn_1x", "yolox_tiny_pafpn_300e"]
 
 
 NECK_CLASSES = {"fpn": "FPN", "pafpn": "PAFPN", "nasfpn": "NASFPN", "bifpn": "BiFPN", "channel_mapper": "ChannelMapper"}

@@ -69,7 +69,7 @@ def test_icevision_backbones_name_every_preset_of_the_arch(arch):
 
 
 def test_unknown_arch_is_a_clear_error():
-    with pytest.raises(ModelError, match=r"Did you mean 'retinanet'.*Registered archs: retinanet"):
+    with pytest.raises(ModelError, match=r"Did you mean 'retinanet'.*Registered archs: fcos, retinanet"):
         icevision_backbones("retinanett")
 
 
@@ -96,7 +96,7 @@ def test_list_models_filters_with_fnmatch():
 @pytest.mark.parametrize("name", ALL)
 def test_naming_convention(name):
     p = get_preset(name)
-    assert re.fullmatch(r"(vfnet|retinanet|yolox)_[a-z0-9-]+_(fpn|pafpn)_[a-z0-9]+", name)
+    assert re.fullmatch(r"(vfnet|retinanet|fcos|yolox)_[a-z0-9-]+_(fpn|pafpn)_[a-z0-9]+", name)
     assert name.split("_")[-2] == p.neck
     assert all(get_preset(a) is p for a in p.aliases)
 

@@ -37,7 +37,7 @@ def _iou(a, b):
 
 
 @pytest.mark.parametrize("name, neck, lr", [("yolox_tiny_pafpn_300e", None, 3e-3), ("retinanet_r18_fpn_1x", None, 1e-3),
-                                            ("yolox_tiny_pafpn_300e", "bifpn", 3e-3)])
+                                            ("fcos_r50-caffe-giou_fpn_1x", None, 1e-3), ("yolox_tiny_pafpn_300e", "bifpn", 3e-3)])
 def test_overfit_two_images(fridge, name, neck, lr):
     parser, records = fridge
     set_seed(0)

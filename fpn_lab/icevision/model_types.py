@@ -29,7 +29,6 @@ NOT_OFFERED = {
     "ssd": "SSD has no FPN neck: use models.mmdet.yolox",
     "yolof": "YOLOF has no FPN neck: use models.mmdet.yolox",
     "detr": "DETR has no FPN neck", "deformable_detr": "not in fpn_lab's catalogue",
-    "fcos": "not in fpn_lab's catalogue: models.mmdet.vfnet is FCOS-based",
     "fsaf": "not in fpn_lab's catalogue", "sabl": "not in fpn_lab's catalogue",
     "centripetalnet": "not in fpn_lab's catalogue", "sparse_rcnn": "not in fpn_lab's catalogue",
     "yolact": "instance masks are not supported", "scnet": "instance masks are not supported",

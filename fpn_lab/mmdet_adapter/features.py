@@ -36,10 +36,30 @@ def _assign_one(head, feats, i: int, gt) -> torch.Tensor:
         pred = InstanceData(bboxes=boxes, scores=(cls.sigmoid() * obj.sigmoid()[:, None]).sqrt(), priors=offset)
         return head.assigner.assign(pred_instances=pred, gt_instances=gt).gt_inds
     mlvl = _priors(head, feats)
+    if kind == "FCOSHead":  # no assigner: FCOS's own targets (a box to the points inside it, by regress range)
+        return _fcos_gt_inds(head, mlvl, gt)
     pred = InstanceData(priors=torch.cat(mlvl))
     if kind == "VFNetHead" or "ATSS" in type(head.assigner).__name__:
         return head.assigner.assign(pred, [len(p) for p in mlvl], gt).gt_inds
     return head.assigner.assign(pred, gt).gt_inds
+
+
+def _fcos_gt_inds(head, mlvl, gt) -> torch.Tensor:
+    """``gt_inds`` for FCOS: its head's own targets (``_get_targets_single``: points inside a box,
+    or in its centre region, whose largest distance to the box's sides falls in the level's regress
+    range; the smallest box when several qualify), the box of each positive point found again from
+    its regression target (the point minus / plus the distances to the sides is the box exactly)."""
+    from mmdet.structures.bbox import bbox_overlaps
+
+    points = torch.cat(mlvl)
+    ranges = torch.cat([p.new_tensor(r)[None].expand(len(p), 2) for p, r in zip(mlvl, head.regress_ranges)])
+    labels, targets = head._get_targets_single(gt, points, ranges, [len(p) for p in mlvl])
+    inds = torch.zeros(len(points), dtype=torch.long, device=points.device)
+    pos = labels < head.num_classes
+    if pos.any():
+        boxes = torch.cat([points[pos] - targets[pos, :2], points[pos] + targets[pos, 2:]], dim=1)
+        inds[pos] = bbox_overlaps(boxes, gt.bboxes).argmax(dim=1) + 1
+    return inds
 
 
 @torch.no_grad()
@@ -47,8 +67,9 @@ def assigned_levels(model, images: torch.Tensor, targets) -> list[np.ndarray]:
     """For each image, ``int64[N]``: the level index (0 = finest) holding most of the positive
     priors the model's training assigner gives each ground-truth box (-1: no positive prior).
 
-    Uses the head's own assigner (RetinaNet: MaxIoU on anchors; VFNet: ATSS; YOLOX: SimOTA on the
-    current predictions, so it changes as the model trains).
+    Uses the head's own assigner (RetinaNet: MaxIoU on anchors; VFNet: ATSS; FCOS: its regress
+    ranges per level, no assigner; YOLOX: SimOTA on the current predictions, so it changes as the
+    model trains).
     """
     from mmengine.structures import InstanceData
 

@@ -1,4 +1,4 @@
-"""The preset catalogue: VFNet, RetinaNet and YOLOX from MMDetection 3.3, as frozen data.
+"""The preset catalogue: VFNet, RetinaNet, FCOS and YOLOX from MMDetection 3.3, as frozen data.
 
 Each preset names an mmdet config shipped in the mmdet wheel (``mmdet/.mim/configs/...``) and
 carries its provenance: weights URL and COCO box AP from mmdet 3.3's ``metafile.yml`` for that
@@ -6,8 +6,10 @@ config, the test input size, and the pixel convention of the config's ``DetDataP
 ``tests/test_registry.py`` checks these fields against the installed configs and metafiles.
 
 Names are ``<arch>_<backbone>_<neck>_<schedule>``: mmdet's YOLOX uses a PAFPN neck
-(``YOLOXPAFPN``), VFNet and RetinaNet an FPN (VFNet: P3..P7 with extra convs on the FPN
-outputs; RetinaNet: P3..P7 with extra convs on the C5 input). IceVision's names
+(``YOLOXPAFPN``), VFNet, RetinaNet and FCOS an FPN (VFNet and FCOS: P3..P7 with extra convs on
+the FPN outputs; RetinaNet: P3..P7 with extra convs on the C5 input). FCOS's ``-giou`` presets
+are its improved head (centre sampling, normalised box targets, centre-ness on the box branch,
+GIoU loss: mmdet's ``center-normbbox-centeronreg-giou`` configs). IceVision's names
 (``<arch>.<backbone>``) are aliases, and IceVision's getting-started ``selection`` indices 0, 1
 and 4 map to the same models.
 
@@ -16,7 +18,7 @@ nothing here imports the registry. :mod:`fpn_lab.models.registry` registers them
 on the first lookup.
 
 IceVision backbone names left out because mmdet 3.3 ships no config or metafile entry for them:
-none for VFNet, RetinaNet and YOLOX (every name in IceVision's ``resnet_fpn.py`` lists is here).
+none for VFNet, RetinaNet, FCOS and YOLOX (every name in IceVision's ``resnet_fpn.py`` lists is here).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ class Preset:
 
     Attributes:
         name: ``<arch>_<backbone>_<neck>_<schedule>``.
-        arch: ``"vfnet"``, ``"retinanet"`` or ``"yolox"``.
+        arch: ``"vfnet"``, ``"retinanet"``, ``"fcos"`` or ``"yolox"``.
         config: mmdet config path relative to ``mmdet/.mim/configs``.
         neck: the neck type of the config (``"fpn"`` or ``"pafpn"``).
         levels: feature levels the neck gives the head, e.g. ``("P3", ..., "P7")``.
@@ -46,7 +48,7 @@ class Preset:
         mean, std: normalisation of the config's data preprocessor (0..255 scale) in the
             network's channel order (RGB, or BGR when ``bgr``), or ``None`` for raw 0..255.
         bgr: True when the network takes BGR channel order (mmdet loads BGR and the
-            preprocessor does not swap: YOLOX and the ``*-caffe`` RetinaNets).
+            preprocessor does not swap: YOLOX and the ``*-caffe`` RetinaNets and FCOS).
         pad_value: RGB fill of the letterbox (YOLOX: 114 as its ``Pad``; others: the mean in RGB
             order, which is 0 after normalisation as ``DetDataPreprocessor`` pads).
         aliases: IceVision names (``"retinanet.resnet50_fpn_1x"``).
@@ -78,7 +80,10 @@ class Preset:
 P3_P7 = ("P3", "P4", "P5", "P6", "P7")
 P3_P5 = ("P3", "P4", "P5")
 _SCHEDULES = {"1x": "1x schedule", "2x": "2x schedule", "ms2x": "multi-scale 2x schedule"}
-_OPTIONS = {"caffe": "(caffe-style)", "mdconv": "+ DCNv2 in C3-C5"}
+_OPTIONS = {"caffe": "(caffe-style)", "mdconv": "+ DCNv2 in C3-C5", "dcn": "+ DCNv2 in C3-C5",
+            "giou": "with centre sampling and GIoU"}
+#: The mean of FCOS's plain caffe-style configs (BGR, 0..255; std 1); its ``-giou`` configs use :data:`CAFFE_MEAN`.
+FCOS_CAFFE_MEAN = (102.9801, 115.9465, 122.7717)
 
 
 def _backbone_label(backbone: str) -> str:
@@ -101,6 +106,15 @@ def _retinanet(backbone, schedule, config, url, ap, alias, selection=None) -> Pr
         f"retinanet_{backbone}_fpn_{schedule}", "retinanet", f"retinanet/{config}", "fpn", P3_P7,
         f"{OPENMMLAB}/retinanet/{url}", ap, (1333, 800), aliases=(f"retinanet.{alias}",), selection=selection,
         description=f"RetinaNet {_backbone_label(backbone)} + FPN (P3-P7), {_SCHEDULES[schedule]}", **caffe)
+
+
+def _fcos(backbone, schedule, config, url, ap, alias, selection=None) -> Preset:
+    mean = CAFFE_MEAN if "giou" in backbone else FCOS_CAFFE_MEAN  # the improved-head configs use the usual caffe mean
+    caffe = dict(mean=mean, std=CAFFE_STD, bgr=True, pad_value=mean[::-1]) if "caffe" in backbone else {}
+    return Preset(
+        f"fcos_{backbone}_fpn_{schedule}", "fcos", f"fcos/{config}", "fpn", P3_P7, f"{OPENMMLAB}/fcos/{url}", ap,
+        (1333, 800), aliases=(f"fcos.{alias}",), selection=selection,
+        description=f"FCOS {_backbone_label(backbone)} + FPN (P3-P7), GroupNorm head, {_SCHEDULES[schedule]}", **caffe)
 
 
 def _yolox(size, config, url, ap, input_size, selection=None) -> Preset:
@@ -172,6 +186,33 @@ PRESETS: tuple[Preset, ...] = (
     _retinanet("x101-64x4d", "2x", "retinanet_x101-64x4d_fpn_2x_coco.py",
                "retinanet_x101_64x4d_fpn_2x_coco/retinanet_x101_64x4d_fpn_2x_coco_20200131-bca068ab.pth", 40.8,
                "resnext101_64x4d_fpn_2x"),
+    # --- FCOS (IceVision: models.mmdet.fcos.backbones.*), the anchor-free FPN detector VFNet builds on ----
+    _fcos("r50-caffe", "1x", "fcos_r50-caffe_fpn_gn-head_1x_coco.py",
+          "fcos_r50_caffe_fpn_gn-head_1x_coco/fcos_r50_caffe_fpn_gn-head_1x_coco-821213aa.pth", 36.6,
+          "resnet50_caffe_fpn_gn_head"),
+    _fcos("r50-caffe-giou", "1x", "fcos_r50-caffe_fpn_gn-head-center-normbbox-centeronreg-giou_1x_coco.py",
+          "fcos_center-normbbox-centeronreg-giou_r50_caffe_fpn_gn-head_1x_coco/"
+          "fcos_center-normbbox-centeronreg-giou_r50_caffe_fpn_gn-head_1x_coco-0a0d75a8.pth", 38.7,
+          "resnet50_caffe_fpn_gn_head_center_normbbox_centeronreg_giou"),
+    _fcos("r50-dcn-caffe-giou", "1x", "fcos_r50-dcn-caffe_fpn_gn-head-center-normbbox-centeronreg-giou_1x_coco.py",
+          "fcos_center-normbbox-centeronreg-giou_r50_caffe_fpn_gn-head_dcn_1x_coco/"
+          "fcos_center-normbbox-centeronreg-giou_r50_caffe_fpn_gn-head_dcn_1x_coco-ae4d8b3d.pth", 42.3,
+          "resnet50_caffe_fpn_gn_head_dcn_1x_center_normbbox_centeronreg_giou"),
+    _fcos("r101-caffe", "1x", "fcos_r101-caffe_fpn_gn-head-1x_coco.py",
+          "fcos_r101_caffe_fpn_gn-head_1x_coco/fcos_r101_caffe_fpn_gn-head_1x_coco-0e37b982.pth", 39.1,
+          "resnet101_caffe_fpn_gn_head_1x_coco"),
+    _fcos("r50-caffe", "ms2x", "fcos_r50-caffe_fpn_gn-head_ms-640-800-2x_coco.py",
+          "fcos_r50_caffe_fpn_gn-head_mstrain_640-800_2x_coco/"
+          "fcos_r50_caffe_fpn_gn-head_mstrain_640-800_2x_coco-d92ceeea.pth", 38.5,
+          "resnet50_caffe_fpn_gn_head_mstrain_640_800_2x"),
+    _fcos("r101-caffe", "ms2x", "fcos_r101-caffe_fpn_gn-head_ms-640-800-2x_coco.py",
+          "fcos_r101_caffe_fpn_gn-head_mstrain_640-800_2x_coco/"
+          "fcos_r101_caffe_fpn_gn-head_mstrain_640-800_2x_coco-511424d6.pth", 40.8,
+          "resnet101_caffe_fpn_gn_head_mstrain_640_800_2x"),
+    _fcos("x101-64x4d", "ms2x", "fcos_x101-64x4d_fpn_gn-head_ms-640-800-2x_coco.py",
+          "fcos_x101_64x4d_fpn_gn-head_mstrain_640-800_2x_coco/"
+          "fcos_x101_64x4d_fpn_gn-head_mstrain_640-800_2x_coco-ede514a8.pth", 42.6,
+          "resnext101_64x4d_fpn_gn_head_mstrain_640_800_2x"),
     # --- YOLOX (IceVision: models.mmdet.yolox.backbones.*) -----------------------------------
     _yolox("tiny", "yolox_tiny_8xb8-300e_coco.py",
            "yolox_tiny_8x8_300e_coco/yolox_tiny_8x8_300e_coco_20211124_171234-b4047906.pth", 32.0, (416, 416)),
