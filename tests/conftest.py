@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -92,3 +94,40 @@ def pycocotools_stats(annotation_file, detections) -> list[float]:
         ev.accumulate()
         ev.summarize()
     return list(ev.stats)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+NO_CHROMIUM = "Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)"
+
+
+@contextlib.contextmanager
+def offline_chromium(*allowed: str):
+    """Headless Chromium (Debian's, never playwright's download) whose pages may load ``file:``,
+    ``data:`` and ``blob:`` URLs and those starting with ``allowed``; every other request is aborted
+    and recorded. Yields ``(new_page, blocked)``: a function making a routed page (1280 x 900) and
+    the list of blocked URLs."""
+    from playwright.sync_api import sync_playwright
+
+    blocked: list[str] = []
+
+    def only_local(route):
+        url = route.request.url
+        if url.startswith(("file:", "data:", "blob:", *allowed)):
+            return route.continue_()
+        blocked.append(url)
+        return route.abort()
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--no-first-run", "--disable-sync"])
+        try:
+            def new_page():
+                page = browser.new_page(viewport={"width": 1280, "height": 900})
+                page.route("**/*", only_local)
+                return page
+
+            yield new_page, blocked
+        finally:
+            browser.close()
+

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import subprocess
 import sys
 import threading
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import CHROMIUM, NO_CHROMIUM, ROOT, offline_chromium
 from fpn_lab.runner import batch as batch_module
 
 notebook = pytest.mark.notebook
@@ -161,40 +160,19 @@ def test_gate_fails_a_run_below_the_floor(tmp_path):
     assert out.returncode == 1 and "gate failed: smoke_a AP50=" in out.stdout
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 @notebook
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)")
+@pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
 @pytest.mark.parametrize("page_name", ["index.html", "smoke_a/getting_started.html"])
 def test_pages_open_offline_in_chromium(batch, page_name):
-    from playwright.sync_api import sync_playwright
-
     _, batch_dir = batch
     path = batch_dir / page_name
     ARTIFACTS.mkdir(exist_ok=True)
-    blocked = []
-
-    def only_local(route):
-        url = route.request.url
-        if url.startswith(("file:", "data:")):
-            return route.continue_()
-        blocked.append(url)
-        return route.abort()
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--no-first-run", "--disable-sync"])
-        try:
-            page = browser.new_page()
-            page.route("**/*", only_local)
-            page.goto(path.as_uri(), wait_until="load")
-            images = page.eval_on_selector_all("img", "els => els.map(e => [e.complete, e.naturalWidth])")
-            tables = page.eval_on_selector_all("table", "els => els.length")
-            page.screenshot(path=str(ARTIFACTS / (page_name.replace("/", "_") + ".png")), full_page=True)
-        finally:
-            browser.close()
+    with offline_chromium() as (new_page, blocked):
+        page = new_page()
+        page.goto(path.as_uri(), wait_until="load")
+        images = page.eval_on_selector_all("img", "els => els.map(e => [e.complete, e.naturalWidth])")
+        tables = page.eval_on_selector_all("table", "els => els.length")
+        page.screenshot(path=str(ARTIFACTS / (page_name.replace("/", "_") + ".png")), full_page=True)
     assert blocked == []
     assert images and all(done and width > 0 for done, width in images), images
     assert tables >= 1

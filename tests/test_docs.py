@@ -12,9 +12,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+from conftest import CHROMIUM, NO_CHROMIUM, ROOT, offline_chromium
 
 
 @pytest.fixture(scope="module")
@@ -95,43 +93,25 @@ def served(site):
     server.shutdown()
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)")
+@pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
 def test_site_works_offline_in_chromium(served, site):
     """With every request off this machine blocked: the pages load and make no such request, the
     figures load, the search box finds a preset by name; pages also open from the file system."""
-    from playwright.sync_api import sync_playwright
-
-    blocked = []
-
-    def only_local(route):
-        url = route.request.url
-        if url.startswith((served, "file:", "data:", "blob:")):
-            return route.continue_()
-        blocked.append(url)
-        return route.abort()
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--no-first-run", "--disable-sync"])
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.route("**/*", only_local)
-            for name in ("index.html", "getting-started.html", "reference/api.html", "notebook/getting_started.html"):
-                page.goto(f"{served}/{name}", wait_until="load")
-                assert page.locator("article h1").count() >= 1, name
-            page.goto((site / "models.html").as_uri(), wait_until="load")
-            assert page.locator("article h1").count() >= 1
-            page.goto(f"{served}/necks.html", wait_until="load")
-            images = page.eval_on_selector_all("article img", "els => els.map(e => [e.src, e.complete, e.naturalWidth])")
-            page.goto(f"{served}/index.html", wait_until="load")
-            query = page.locator("input[data-md-component='search-query']")
-            query.click()
-            query.fill("yolox_tiny_pafpn_300e")
-            page.wait_for_selector(".md-search-result__item", timeout=20_000)
-            hits = page.eval_on_selector_all(".md-search-result__item a", "els => els.map(e => e.href)")
-        finally:
-            browser.close()
+    with offline_chromium(served) as (new_page, blocked):
+        page = new_page()
+        for name in ("index.html", "getting-started.html", "reference/api.html", "notebook/getting_started.html"):
+            page.goto(f"{served}/{name}", wait_until="load")
+            assert page.locator("article h1").count() >= 1, name
+        page.goto((site / "models.html").as_uri(), wait_until="load")
+        assert page.locator("article h1").count() >= 1
+        page.goto(f"{served}/necks.html", wait_until="load")
+        images = page.eval_on_selector_all("article img", "els => els.map(e => [e.src, e.complete, e.naturalWidth])")
+        page.goto(f"{served}/index.html", wait_until="load")
+        query = page.locator("input[data-md-component='search-query']")
+        query.click()
+        query.fill("yolox_tiny_pafpn_300e")
+        page.wait_for_selector(".md-search-result__item", timeout=20_000)
+        hits = page.eval_on_selector_all(".md-search-result__item a", "els => els.map(e => e.href)")
     assert blocked == []
     assert len(images) >= 5 and all(done and width > 0 for _, done, width in images), images
     assert any("presets.html" in h or "models.html" in h for h in hits), hits
