@@ -7,8 +7,8 @@ What happens before and after it is the PyTorch path's own code, not a copy: the
 (:class:`~fpn_lab.data.transforms.Letterbox`) and the preprocessor before, the head's
 ``predict_by_feat`` (decoding, score threshold, NMS) after
 (:meth:`~fpn_lab.mmdet_adapter.wrapper.MMDetModel.decode`), run by :class:`OnnxDetector` on a
-weightless copy of the model rebuilt from the config stored in the ONNX file. mmdeploy cannot serve
-this stack (see issue #17); the export is torch's own (``torch.onnx.export(..., dynamo=True)``).
+weightless copy of the model rebuilt from the config stored in the ONNX file. mmdeploy does not support
+this stack (torch 2.14, mmdet 3.3); the export is torch's own (``torch.onnx.export(..., dynamo=True)``).
 
 The ONNX file's metadata (``metadata_props``, key ``fpn_lab``, JSON) holds everything prediction
 needs besides onnxruntime: ``preset``, ``class_names`` (label order), ``image_size``,

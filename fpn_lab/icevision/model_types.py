@@ -37,7 +37,7 @@ NOT_OFFERED = {
 #: IceVision libraries other than mmdet.
 OTHER_LIBRARIES = {
     "torchvision": "torchvision models are not offered: use models.mmdet.retinanet (RetinaNet R50 FPN)",
-    "ross": "EfficientDet (ross's effdet) is not offered: use models.mmdet.yolox; BiFPN comes as a neck (issue 14)",
+    "ross": "EfficientDet (ross's effdet) is not offered: use models.mmdet.yolox; BiFPN comes as a neck (neck='bifpn')",
     "ultralytics": "YOLOv5 is not offered: use models.mmdet.yolox",
 }
 MODEL_ARGS = ("cfg_options", "neck", "neck_args", "weights", "class_map", "device", "channels_last")
