@@ -69,7 +69,8 @@ STUDIES = {
                    "<!-- neck-study:end -->", "SimOTA"),
     "retinanet": Study("retinanet", ROOT / "params" / "necks_retinanet", ROOT / "bench" / "logs" / "necks_retinanet",
                        ROOT / "runs" / "necks_retinanet", "retinanet_",
-                       "<!-- neck-study-retinanet:begin (bench/neck_study.py --study retinanet --report writes this part) -->",
+                       "<!-- neck-study-retinanet:begin (bench/neck_study.py --study retinanet --report writes this "
+                       "part) -->",
                        "<!-- neck-study-retinanet:end -->", "MaxIoU on anchors"),
 }
 
@@ -169,8 +170,8 @@ def report(study: Study, checkpoints: Path) -> str:
     text = "\n".join([
         study.begin,
         f"Generated {datetime.now():%Y-%m-%d %H:%M} by `bench/neck_study.py --study {study.name} --report` from "
-        f"{len(metrics)} runs (`{study.logs.relative_to(ROOT)}/seed*/`, seeds {seeds}); FLOPs, parameters and latency from untrained copies, "
-        f"latency with {torch.get_num_threads()} torch threads on {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}).",
+        f"{len(metrics)} runs (`{study.logs.relative_to(ROOT)}/seed*/`, seeds {seeds}); FLOPs, parameters and "
+        f"latency from untrained copies, latency with {torch.get_num_threads()} torch threads on {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}).",
         "",
         "### Accuracy, cost and time per neck",
         "",

@@ -35,8 +35,9 @@ _LINK = re.compile(r"(?<!!)\[([^\]]+)\]\(([^)\s]+)\)")
 
 def site_links(markdown: str, *, prefix: str = "") -> str:
     """Rewrite a repository markdown file's links for the site: ``docs/X.md#a`` -> ``prefix + X.md#a``,
-    ``bench/RESULTS.md`` -> its page ``benchmarks/results.md``; web and in-page links unchanged; any other repository path -> its text followed by the path in
-    code (``text (`path`)``, or the text alone when it already is code)."""
+    ``bench/RESULTS.md`` -> its page ``benchmarks/results.md``; web and in-page links unchanged; any
+    other repository path -> its text followed by the path in code (``text (`path`)``, or the text
+    alone when it already is code)."""
     def rewrite(m: re.Match) -> str:
         text, target = m.group(1), m.group(2)
         if target.startswith(("http://", "https://", "mailto:", "#")):
@@ -81,7 +82,8 @@ def params_page() -> str:
              "KEY=VALUE` or papermill sets (`fpn-lab params` prints the same list). Generated from the notebooks "
              "when the site is built.", ""]
     for nb in ("getting_started", "compare_necks"):
-        lines += [f"## `notebooks/{nb}.ipynb`", "", "| parameter | type | default | meaning |", "| --- | --- | --- | --- |"]
+        lines += [f"## `notebooks/{nb}.ipynb`", "", "| parameter | type | default | meaning |",
+                  "| --- | --- | --- | --- |"]
         for name, info in notebook_parameters(ROOT / "notebooks" / f"{nb}.ipynb").items():
             default = repr(info["default"])  # as written in the notebook (Python), as the comments speak
             help_text = str(info.get("help") or "").replace("|", "\\|")
@@ -135,7 +137,9 @@ def api_page() -> str:
 
 
 def _code_cells(nb) -> list[str]:
-    return [c.source for c in nb.cells if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]
+    """The sources of a notebook's code cells, papermill's injected parameters cell left out."""
+    return [c.source for c in nb.cells
+            if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]
 
 
 def newest_demo_notebook() -> tuple[Path | None, dict | None]:
@@ -145,7 +149,6 @@ def newest_demo_notebook() -> tuple[Path | None, dict | None]:
     import yaml
 
     committed = _code_cells(nbformat.read(str(ROOT / "notebooks" / "getting_started.ipynb"), as_version=4))
-
     preset = (yaml.safe_load((ROOT / "params" / "demo.yaml").read_text()) or {}).get("selection")
     found = []
     for metrics in (ROOT / "runs").glob("*/metrics.json"):
@@ -223,7 +226,8 @@ def icevision_backbones_table() -> str:
     """Every IceVision backbone name per architecture with its preset and ``selection`` index."""
     from fpn_lab.models.registry import archs, get_preset, icevision_backbones
 
-    lines = ["| `models.mmdet.<type>` | `.backbones.<name>` | fpn_lab preset | selection |", "| --- | --- | --- | --- |"]
+    lines = ["| `models.mmdet.<type>` | `.backbones.<name>` | fpn_lab preset | selection |",
+             "| --- | --- | --- | --- |"]
     for arch in archs():
         for name, preset in icevision_backbones(arch).items():
             sel = get_preset(preset).selection
