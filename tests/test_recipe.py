@@ -21,7 +21,7 @@ def test_recipe_reads_the_config(name):
     opt = cfg.optim_wrapper.optimizer
     assert (r.optimizer, r.lr, r.momentum, r.weight_decay) == (opt.type, opt.lr, opt.get("momentum"), opt.weight_decay)
     assert r.base_batch_size == cfg.auto_scale_lr.base_batch_size and r.max_epochs == cfg.train_cfg.max_epochs
-    assert r.warmup in ("linear", "quadratic")
+    assert r.warmup in ("linear", "constant", "quadratic")
 
 
 def test_known_recipes():
@@ -32,6 +32,8 @@ def test_known_recipes():
     vfnet = recipe_from_config(load_config(get_preset("vfnet_r50_fpn_1x"), num_classes=3))
     assert (vfnet.bias_lr_mult, vfnet.bias_decay_mult, vfnet.warmup_iters) == (2.0, 0.0, 500)
     assert any("bias_lr_mult" in a for a in vfnet.approximations)
+    fcos = recipe_from_config(load_config(get_preset("fcos_r50-caffe_fpn_1x"), num_classes=3))
+    assert (fcos.warmup, fcos.warmup_iters) == ("constant", 500) and fcos.warmup_start_factor == pytest.approx(1 / 3)
 
 
 def test_recipe_settings_drive_fastai(bccd_records):

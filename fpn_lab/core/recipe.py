@@ -20,7 +20,8 @@ class Recipe:
         momentum, nesterov, weight_decay: optimizer arguments (weight decay is L2 for SGD).
         norm_decay_mult, bias_decay_mult, bias_lr_mult: ``paramwise_cfg`` (None = not set = 1).
         grad_clip_max_norm: ``clip_grad.max_norm`` or None.
-        warmup: ``"linear"`` (LinearLR, ``warmup_start_factor``) or ``"quadratic"`` (YOLOX) or None;
+        warmup: ``"linear"`` (LinearLR from ``warmup_start_factor``), ``"constant"`` (ConstantLR: the lr
+            times ``warmup_start_factor``, then the full lr; FCOS) or ``"quadratic"`` (YOLOX) or None;
             ``warmup_iters`` / ``warmup_epochs``: its length as the config states it.
         ema_momentum: EMAHook momentum (mmengine's ``ExpMomentumEMA``), or None.
         max_epochs: the config's training length.

@@ -165,6 +165,9 @@ def recipe_from_config(cfg) -> Recipe:
         if kind == "LinearLR" and s.get("begin", 0) == 0:
             warmup = {"warmup": "linear", "warmup_start_factor": s.get("start_factor"),
                       ("warmup_epochs" if s.get("by_epoch", True) else "warmup_iters"): s.get("end")}
+        elif kind == "ConstantLR" and s.get("begin", 0) == 0:  # FCOS: the lr times a factor, then the full lr
+            warmup = {"warmup": "constant", "warmup_start_factor": s.get("factor"),
+                      ("warmup_epochs" if s.get("by_epoch", True) else "warmup_iters"): s.get("end")}
         elif kind == "QuadraticWarmupLR":
             warmup = {"warmup": "quadratic",
                       ("warmup_epochs" if s.get("by_epoch", True) else "warmup_iters"): s.get("end")}
