@@ -143,13 +143,15 @@ def _code_cells(nb) -> list[str]:
 
 
 def newest_demo_notebook() -> tuple[Path | None, dict | None]:
-    """The executed notebook of the newest ``runs/*/`` demo run that finished ok with the committed
-    notebook's code (every code cell the same, papermill's injected parameters aside), and its metrics."""
+    """The executed notebook of the newest ``runs/*/`` demo run that finished ok with ``params/demo.yaml``'s
+    parameters and the committed notebook's code (every code cell the same, papermill's injected
+    parameters aside), and its metrics."""
     import nbformat
     import yaml
 
     committed = _code_cells(nbformat.read(str(ROOT / "notebooks" / "getting_started.ipynb"), as_version=4))
-    preset = (yaml.safe_load((ROOT / "params" / "demo.yaml").read_text()) or {}).get("selection")
+    demo = yaml.safe_load((ROOT / "params" / "demo.yaml").read_text()) or {}
+    preset = demo.get("selection")
     found = []
     for metrics in (ROOT / "runs").glob("*/metrics.json"):
         try:
@@ -157,7 +159,8 @@ def newest_demo_notebook() -> tuple[Path | None, dict | None]:
         except ValueError:
             continue
         nb = metrics.parent / "getting_started.ipynb"
-        if m.get("status") == "ok" and m.get("preset") == preset and nb.is_file() and m.get("metrics"):
+        same_params = all(m.get("params", {}).get(k) == v for k, v in demo.items())  # not a run with other settings
+        if m.get("status") == "ok" and m.get("preset") == preset and same_params and nb.is_file() and m.get("metrics"):
             if _code_cells(nbformat.read(str(nb), as_version=4)) == committed:
                 found.append((m.get("finished_at", ""), nb, m))
     if not found:

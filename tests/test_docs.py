@@ -115,3 +115,30 @@ def test_site_works_offline_in_chromium(served, site):
     assert blocked == []
     assert len(images) >= 5 and all(done and width > 0 for _, done, width in images), images
     assert any("presets.html" in h or "models.html" in h for h in hits), hits
+
+
+def test_notebook_page_takes_only_a_demo_run_of_the_demo_parameters(tmp_path, monkeypatch):
+    """A newer run of the demo's preset with other settings (epochs=1) is not shown as `make demo`."""
+    import json
+    import sys
+
+    import yaml
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import mkdocs_hooks
+
+    (tmp_path / "params").mkdir()
+    shutil.copy(ROOT / "params" / "demo.yaml", tmp_path / "params" / "demo.yaml")
+    (tmp_path / "notebooks").mkdir()
+    shutil.copy(ROOT / "notebooks" / "getting_started.ipynb", tmp_path / "notebooks" / "getting_started.ipynb")
+    demo = yaml.safe_load((ROOT / "params" / "demo.yaml").read_text())
+    for name, epochs, finished in (("demo", demo["epochs"], "2026-01-01T00:00:00"), ("short", 1, "2026-02-01T00:00:00")):
+        run = tmp_path / "runs" / name
+        run.mkdir(parents=True)
+        shutil.copy(ROOT / "notebooks" / "getting_started.ipynb", run / "getting_started.ipynb")
+        (run / "metrics.json").write_text(json.dumps({
+            "status": "ok", "preset": demo["selection"], "params": {**demo, "epochs": epochs},
+            "metrics": {"AP": 0.5, "AP50": 0.8}, "finished_at": finished}))
+    monkeypatch.setattr(mkdocs_hooks, "ROOT", tmp_path)
+    nb, _ = mkdocs_hooks.newest_demo_notebook()
+    assert nb == tmp_path / "runs" / "demo" / "getting_started.ipynb"
