@@ -89,7 +89,8 @@ def export_onnx(model, image_size: int, path: str | Path, *, class_names, opset:
         ``path``.
 
     Raises:
-        ModelError: the number of class names differs from the head's, an mmcv operator that
+        ModelError: a two-stage detector (Faster R-CNN: RoIAlign on the proposals after NMS),
+            the number of class names differs from the head's, an mmcv operator that
             cannot be exported, an ``image_size`` below the neck's minimum, or the exporter failed
             (its message kept).
         ParamsError: a bad ``image_size`` or ``opset``.
@@ -106,6 +107,12 @@ def export_onnx(model, image_size: int, path: str | Path, *, class_names, opset:
     from fpn_lab.mmdet_adapter.onnx_ops import exportable
     from fpn_lab.models.build import check_num_classes
 
+    if model.two_stage:
+        raise ModelError(f"export_onnx: {model.preset.name} is a two-stage detector, which this export does not cover: "
+                         "its RoI head runs on the proposals its RPN keeps after NMS, cropped with RoIAlign (mmcv's "
+                         "RoIAlign and a data-dependent number of boxes between the stages), while the export is the "
+                         "network up to per-level head outputs. Predict with the PyTorch model (predict_images), or "
+                         "export a one-stage preset (RetinaNet, FCOS, VFNet, YOLOX).")
     class_map = as_class_map(class_names)
     check_num_classes(model, class_map, "export_onnx")
     try:

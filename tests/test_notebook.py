@@ -74,8 +74,8 @@ def test_failed_run_exits_nonzero_and_keeps_partial_notebook_html_and_log(tmp_pa
 def test_bad_params_fail_before_a_run_folder_is_made(tmp_path):
     with pytest.raises(ParamsError, match="epoch"):
         run_notebook(overrides={"epoch": 1}, runs_dir=tmp_path, echo=False)
-    with pytest.raises(ParamsError, match="Faster R-CNN"):
-        run_notebook(overrides={"selection": 2}, runs_dir=tmp_path, echo=False)
+    with pytest.raises(ParamsError, match="SSD300"):
+        run_notebook(overrides={"selection": 3}, runs_dir=tmp_path, echo=False)
     with pytest.raises(ParamsError, match="kernel 'no-such-kernel' is not installed"):
         run_notebook(ROOT / "params" / "smoke.yaml", runs_dir=tmp_path, kernel="no-such-kernel", echo=False)
     assert not list(tmp_path.iterdir())

@@ -112,6 +112,7 @@ def test_provenance_matches_mmdet_metafile_and_config(name):
     from mmengine.config import Config
 
     from fpn_lab.mmdet_adapter.config import configs_root
+    from fpn_lab.mmdet_adapter.necks import level_names, neck_strides
 
     p = get_preset(name)
     entry = next(m for m in _metafile(p.arch) if Path(m["Config"]).name == Path(p.config).name)
@@ -127,6 +128,8 @@ def test_provenance_matches_mmdet_metafile_and_config(name):
     assert {"FPN": "fpn", "YOLOXPAFPN": "pafpn"}[neck] == p.neck
     num_outs = cfg.model.neck.get("num_outs", len(cfg.model.neck.in_channels))
     assert len(p.levels) == num_outs
+    # the levels the built model reports (from its backbone's and neck's strides: ResNet, ResNeXt, CSPDarknet)
+    assert level_names(neck_strides(cfg)) == p.levels
 
 
 def test_importing_fpn_lab_does_not_import_mmdet():

@@ -1,6 +1,6 @@
 """IceVision's ``models.mmdet.<type>`` namespace, generated from fpn_lab's one model registry.
 
-``models.mmdet.vfnet``, ``.retinanet`` and ``.yolox`` (every architecture in the catalogue) are
+``models.mmdet.vfnet``, ``.retinanet``, ``.fcos``, ``.faster_rcnn`` and ``.yolox`` (every architecture in the catalogue) are
 :class:`ModelType` objects; ``model_type.backbones.<IceVision name>`` is a :class:`Backbone` for
 each preset whose alias is ``"<type>.<IceVision name>"``
 (:func:`fpn_lab.models.registry.icevision_backbones`): there is no second list of models here.
@@ -24,7 +24,6 @@ from fpn_lab.errors import DataError, ModelError, did_you_mean
 
 #: IceVision model families fpn_lab does not offer, with the nearest thing it does.
 NOT_OFFERED = {
-    "faster_rcnn": "a two-stage detector; fpn_lab covers one-stage FPN detectors: use models.mmdet.retinanet",
     "mask_rcnn": "instance masks are not supported (boxes only)",
     "ssd": "SSD has no FPN neck: use models.mmdet.yolox",
     "yolof": "YOLOF has no FPN neck: use models.mmdet.yolox",

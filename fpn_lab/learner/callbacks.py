@@ -28,14 +28,27 @@ class ImageAvgLoss(AvgLoss):
 
 
 class MMDetCallback(Callback):
-    """Feeds targets to :class:`~fpn_lab.mmdet_adapter.wrapper.MMDetModel`, which needs them in its forward.
+    """Feeds targets to :class:`~fpn_lab.mmdet_adapter.wrapper.MMDetModel`, which needs them in its forward,
+    and keeps the mean of each of mmdet's loss terms over every training epoch.
 
     fastai calls ``model(*xb)`` and ``loss_func(pred, *yb)``. mmdet detectors compute their loss
     inside the forward, so before each batch the targets are appended to ``xb``; ``yb`` keeps them
     too, for the loss function (which reads ``pred["loss"]``) and the COCO metric.
+
+    ``learn.loss_terms`` holds, per training epoch of the current fit (as fastai's recorder keeps
+    its values), ``{name: mean}`` of the terms mmdet reports (``loss_cls``, ``loss_bbox``...;
+    Faster R-CNN's ``loss_rpn_cls``, ``loss_rpn_bbox`` and ``acc``, the RoI head's accuracy in
+    percent) over the epoch's training batches, weighted by images. ``lr_find`` keeps none.
     """
 
     order = -10  # before everything that reads xb
+
+    def before_fit(self):
+        if not hasattr(self.learn, "lr_finder"):
+            self.learn.loss_terms = []
+
+    def before_epoch(self):
+        self._sums, self._images = {}, 0
 
     def before_batch(self):
         self.learn.xb = (self.xb[0], self.yb[0])
@@ -43,6 +56,16 @@ class MMDetCallback(Callback):
     def after_loss(self):
         # per-component losses of the last batch, for logging (e.g. loss_cls, loss_bbox)
         self.learn.loss_parts = {k: float(v) for k, v in self.pred.items() if k.startswith("loss_")}
+        if self.training and not hasattr(self.learn, "lr_finder"):
+            n = len(self.xb[0])
+            for k, v in self.pred.items():
+                if k.startswith("loss_") or k == "acc":
+                    self._sums[k] = self._sums.get(k, 0.0) + float(v) * n
+            self._images += n
+
+    def after_train(self):
+        if not hasattr(self.learn, "lr_finder") and self._images:
+            self.learn.loss_terms.append({k: v / self._images for k, v in self._sums.items()})
 
 
 class NonFiniteLossGuard(Callback):

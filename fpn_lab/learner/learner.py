@@ -19,6 +19,7 @@ from fpn_lab.learner.callbacks import ImageAvgLoss, MMDetCallback, NonFiniteLoss
 from fpn_lab.learner.ema import WeightEMA
 from fpn_lab.learner.coco_metric import coco_metrics
 from fpn_lab.learner.mode_switch import LastEpochsSwitch
+from fpn_lab.learner.progress import epoch_loss_terms
 from fpn_lab.learner.schedule import check_one_cycle
 from fpn_lab.learner.optim import FusedAdam, FusedSGD
 from fpn_lab.models.build import check_num_classes
@@ -152,11 +153,13 @@ def train(learn: Learner, epochs: int, lr: float, *, fine_tune: bool = False, on
 
 
 def history(learn) -> list[dict]:
-    """Per-epoch values from a fastai ``Recorder`` as dicts (``epoch``, ``train_loss``, ``valid_loss`` and
-    the metric columns, e.g. ``AP``, ``AP50``)."""
+    """Per-epoch values of the learner's last fit as dicts: ``epoch``, then fastai's recorder
+    (``train_loss``, ``valid_loss`` and the metric columns, e.g. ``AP``, ``AP50``), then the mean of
+    each of mmdet's loss terms over the epoch's training batches (``loss_cls``, ``loss_bbox``...;
+    Faster R-CNN adds ``loss_rpn_cls``, ``loss_rpn_bbox`` and ``acc``)."""
     names = list(learn.recorder.metric_names[1:-1])
-    return [{"epoch": i + 1, **{n: (float(v) if v is not None else None) for n, v in zip(names, row)}}
-            for i, row in enumerate(learn.recorder.values)]
+    return [{"epoch": i + 1, **{n: (float(v) if v is not None else None) for n, v in zip(names, row)},
+             **epoch_loss_terms(learn, i)} for i, row in enumerate(learn.recorder.values)]
 
 
 def find_lr(learn: Learner, num_it: int = 30, show_plot: bool = True) -> float:

@@ -62,10 +62,10 @@ class LastEpochsSwitch(Callback):
         if self.epoch < self.n_epoch - self.num_epochs:
             return
         ds = self.learn.dls.train.dataset
-        head = get_model(self.learn.model).detector.bbox_head
+        head = getattr(get_model(self.learn.model).detector, "bbox_head", None)  # YOLOX's carries use_l1
         self._saved = (ds, ds.tfms, getattr(head, "use_l1", None))
         ds.tfms = ds.tfms.letterbox
-        if self.l1 and hasattr(head, "use_l1"):
+        if self.l1 and head is not None and hasattr(head, "use_l1"):
             head.use_l1 = True
 
     def after_fit(self):

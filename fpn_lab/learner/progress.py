@@ -49,9 +49,18 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def epoch_loss_terms(learn, epoch: int) -> dict[str, float]:
+    """``{name: mean}`` of mmdet's loss terms over the training batches of ``epoch`` (0-based, in
+    the current fit), as :class:`~fpn_lab.learner.callbacks.MMDetCallback` keeps them; ``{}`` when
+    the learner kept none for that epoch."""
+    terms = getattr(learn, "loss_terms", None) or []
+    return dict(terms[epoch]) if 0 <= epoch < len(terms) else {}
+
+
 class EpochLine(Callback):
     """After each training epoch, write ``epoch i/n``, the recorder's values (train and valid loss,
-    the metric columns such as AP and AP50) and the epoch's seconds, outside the notebook.
+    the metric columns such as AP and AP50), the epoch's mean of each of mmdet's loss terms
+    (``loss_cls``, ``loss_bbox``...: :func:`epoch_loss_terms`) and the epoch's seconds, outside the notebook.
 
     Args:
         file: a log file to append the line to, prefixed with a timestamp and ``INFO
@@ -91,7 +100,8 @@ class EpochLine(Callback):
         """``epoch i/n: name value, ..., s seconds`` from the recorder's values of the last epoch."""
         rec = self.learn.recorder
         names = [n for n in rec.metric_names[1:] if n != "time"]
-        values = ", ".join(f"{n} {_fmt(v)}" for n, v in zip(names, rec.values[-1]))
+        pairs = [*zip(names, rec.values[-1]), *epoch_loss_terms(self.learn, len(rec.values) - 1).items()]
+        values = ", ".join(f"{n} {_fmt(v)}" for n, v in pairs)
         fit = f"fit {self.fits}, " if self.fits > 1 else ""
         return f"{fit}epoch {self.epoch + 1}/{self.n_epoch}: {values}, {seconds:.1f} s"
 
@@ -139,7 +149,8 @@ class PhaseTimer(Callback):
 
 class EpochMetrics(Callback):
     """After each training epoch (not ``lr_find``), hand the recorder's values (``train_loss``,
-    ``valid_loss`` and the metrics, by name; NaN and inf kept: a diverged epoch shows as such) to
+    ``valid_loss`` and the metrics, by name; NaN and inf kept: a diverged epoch shows as such) and
+    the epoch's mean loss terms (:func:`epoch_loss_terms`) to
     ``log(values, step)``: a tracker's logging function (:mod:`fpn_lab.runner.tracking`).
     ``step`` counts epochs over every fit of the learner (``fine_tune``'s frozen epoch, then its
     unfrozen ones: 1, 2, 3...), so two fits never log at the same step; :attr:`step` is the last."""
@@ -154,5 +165,6 @@ class EpochMetrics(Callback):
             return
         rec = self.learn.recorder
         values = {n: float(v) for n, v in zip(rec.metric_names[1:-1], rec.log[1:-1]) if isinstance(v, (int, float))}
+        values.update(epoch_loss_terms(self.learn, len(rec.values) - 1))
         self.step += 1
         self.log(values, step=self.step)

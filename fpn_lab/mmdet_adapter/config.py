@@ -142,13 +142,15 @@ def constructor_arguments(node) -> set[str]:
 
 
 def set_num_classes(cfg, num_classes: int) -> None:
-    """Set the class count where each supported head keeps it (``model.bbox_head.num_classes``)."""
+    """Set the class count where each supported head keeps it: ``model.bbox_head.num_classes`` (one-stage
+    detectors), ``model.roi_head.bbox_head.num_classes`` (two-stage: the RPN is class-agnostic)."""
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ModelError(f"num_classes must be a positive int (classes in the dataset); got {num_classes!r}.")
-    head = cfg.model.get("bbox_head")
+    head = cfg.model.get("bbox_head") or (cfg.model.get("roi_head") or {}).get("bbox_head")
     if head is None or "num_classes" not in head:
-        raise ModelError(f"config of model type {cfg.model.type!r} has no bbox_head.num_classes; fpn_lab supports "
-                         "one-stage detectors (VFNet, RetinaNet, YOLOX).")
+        raise ModelError(f"config of model type {cfg.model.type!r} has neither bbox_head.num_classes nor "
+                         "roi_head.bbox_head.num_classes; fpn_lab supports detectors with one box head (VFNet, "
+                         "RetinaNet, FCOS, YOLOX, Faster R-CNN).")
     head.num_classes = num_classes
 
 

@@ -69,11 +69,19 @@ def assigned_levels(model, images: torch.Tensor, targets) -> list[np.ndarray]:
 
     Uses the head's own assigner (RetinaNet: MaxIoU on anchors; VFNet: ATSS; FCOS: its regress
     ranges per level, no assigner; YOLOX: SimOTA on the current predictions, so it changes as the
-    model trains).
+    model trains). For a two-stage detector (Faster R-CNN) it is the level its RoI extractor crops
+    the box's features from, by size alone: ``floor(log2(sqrt(w * h) / 56))`` clipped to P2-P5
+    (mmdet's ``SingleRoIExtractor.map_roi_levels``, ``finest_scale=56``: the FPN paper's eq. 1,
+    ``k = floor(4 + log2(sqrt(w * h) / 224))``, Lin et al. 2017, section 4.2), always >= 0.
     """
     from mmengine.structures import InstanceData
 
     feats = neck_features(model, images, targets)
+    if model.two_stage:
+        extractor = model.detector.roi_head.bbox_roi_extractor
+        return [extractor.map_roi_levels(torch.cat([torch.zeros(len(t["boxes"]), 1), t["boxes"].float().reshape(-1, 4)],
+                                                   dim=1), extractor.num_inputs).long().numpy()
+                for t in targets]
     head = model.detector.bbox_head
     per_level = [f.shape[-2] * f.shape[-1] * getattr(head, "num_base_priors", 1) for f in feats]
     level_of = torch.repeat_interleave(torch.arange(len(feats)), torch.tensor(per_level))

@@ -1,14 +1,16 @@
 """The neck as a choice: swap a preset's neck for FPN, PAFPN, NAS-FPN, BiFPN or ChannelMapper, keeping
 the head consistent.
 
-A head expects feature maps at fixed strides (YOLOX: 8, 16, 32 = P3-P5; RetinaNet and VFNet: 8 ...
-128 = P3-P7) with ``in_channels`` channels. :func:`set_neck` builds the new neck config from the
-preset's backbone outputs, checks that it yields exactly the head's strides, and sets the head's
-``in_channels`` to the neck's ``out_channels``; a conflicting argument is an error that says which
-and why. ``"pafpn"`` is mmdet's ``PAFPN`` on every preset; YOLOX's own ``YOLOXPAFPN`` (PAFPN
-with CSP blocks) is the preset's neck, ``neck=""``. YOLOX's head takes the strides it is given, so on YOLOX a neck with five levels (NAS-FPN
-always; BiFPN, FPN or PAFPN with ``num_outs=5``) gives it P3-P7. ``channel_mapper`` (mmdet's
-``ChannelMapper``: a 3x3 convolution per level, no fusion between levels) is the control.
+A head expects feature maps at fixed strides (YOLOX: 8, 16, 32 = P3-P5; RetinaNet, VFNet and FCOS:
+8 ... 128 = P3-P7; Faster R-CNN's RPN: 4 ... 64 = P2-P6, its RoI extractor P2-P5 of them) with
+``in_channels`` channels. :func:`set_neck` builds the new neck config from the preset's backbone
+outputs, checks that it yields exactly the head's strides, and sets the head's ``in_channels``
+(two-stage: the RPN's and the RoI heads') to the neck's ``out_channels``; a conflicting argument
+is an error that says which and why. ``"pafpn"`` is mmdet's ``PAFPN`` on every preset; YOLOX's
+own ``YOLOXPAFPN`` (PAFPN with CSP blocks) is the preset's neck, ``neck=""``. YOLOX's head takes
+the strides it is given, so on YOLOX a neck with five levels (NAS-FPN always; BiFPN, FPN or PAFPN
+with ``num_outs=5``) gives it P3-P7. ``channel_mapper`` (mmdet's ``ChannelMapper``: a 3x3
+convolution per level, no fusion between levels) is the control.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ FPN_ARGS = tuple(dict.fromkeys(a for args in NECK_ARGS.values() for a in args))
 def backbone_strides(cfg) -> list[int]:
     """Strides of the backbone outputs the neck receives (ResNet: 4..32; CSPDarknet: 8..32)."""
     bb = cfg.model.backbone
-    if bb.type == "ResNet":
+    if bb.type in ("ResNet", "ResNeXt"):
         return [4 * 2 ** i for i in bb.get("out_indices", (0, 1, 2, 3))]
     if bb.type == "CSPDarknet":
         return [2 ** (i + 1) for i in bb.get("out_indices", (2, 3, 4))]
@@ -43,7 +45,9 @@ def backbone_strides(cfg) -> list[int]:
 
 
 def head_strides(cfg) -> list[int]:
-    head = cfg.model.bbox_head
+    """Strides of the feature maps the head takes (a two-stage detector: its RPN's, which covers
+    the RoI heads' levels too: Faster R-CNN's RPN on P2-P6, its RoI extractor on P2-P5)."""
+    head = cfg.model.get("bbox_head") or cfg.model.rpn_head
     if "anchor_generator" in head:
         return list(head.anchor_generator.strides)
     return list(head.strides)
@@ -138,7 +142,9 @@ def set_neck(cfg, preset, neck: str | None = None, **args) -> None:
         bb, start = bb[start:], 0
     else:
         needs_extra = new["num_outs"] > len(bb) - start
-        new["add_extra_convs"] = args.get("add_extra_convs", old.get("add_extra_convs", "on_input") if needs_extra else False)
+        # mmdet's FPN and PAFPN default to no extra convolutions (max-pooled extra levels, Faster R-CNN's P6)
+        kept = old.get("add_extra_convs", False if old.type in ("FPN", "PAFPN") else "on_input")
+        new["add_extra_convs"] = args.get("add_extra_convs", kept if needs_extra else False)
         new["relu_before_extra_convs"] = args.get("relu_before_extra_convs", old.get("relu_before_extra_convs", False))
     if not 0 <= new.get("start_level", 0) < len(bb):
         raise ModelError(f"start_level {new.get('start_level', 0)} is outside the backbone's {len(bb)} outputs "
@@ -153,4 +159,9 @@ def set_neck(cfg, preset, neck: str | None = None, **args) -> None:
         error = NeckIncompatibleError if culprit == "the neck" else ModelError  # no arguments: the neck itself
         raise error(f"{culprit}: this neck gives strides {got} ({', '.join(level_names(got))}) but "
                     f"{preset.name}'s head expects {want} ({', '.join(level_names(want))}).")
-    cfg.model.bbox_head.in_channels = new["out_channels"]
+    if "bbox_head" in cfg.model:
+        cfg.model.bbox_head.in_channels = new["out_channels"]
+    else:  # two-stage: the RPN and the RoI features take the neck's channels
+        cfg.model.rpn_head.in_channels = new["out_channels"]
+        cfg.model.roi_head.bbox_roi_extractor.out_channels = new["out_channels"]
+        cfg.model.roi_head.bbox_head.in_channels = new["out_channels"]

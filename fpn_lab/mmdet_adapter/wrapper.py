@@ -92,16 +92,22 @@ def class_dependent_keys(model: MMDetModel) -> list[str]:
 
     Found by building the head once more with one class more and comparing shapes, so it holds
     for every head (RetinaNet's ``retina_cls``, VFNet's ``vfnet_cls``, YOLOX's
-    ``multi_level_conv_cls``...) without a list of names.
+    ``multi_level_conv_cls``, Faster R-CNN's ``roi_head.bbox_head.fc_cls`` and ``fc_reg``...)
+    without a list of names.
     """
     from mmdet.registry import MODELS
 
-    cfg = copy.deepcopy(model.cfg.model.bbox_head)
-    cfg.num_classes = int(cfg.num_classes) + 1
-    cfg.update(train_cfg=model.cfg.model.get("train_cfg"), test_cfg=model.cfg.model.get("test_cfg"))
+    if model.two_stage:  # the RoI head holds the classes (the RPN is class-agnostic)
+        name, cfg = "roi_head", copy.deepcopy(model.cfg.model.roi_head)
+        cfg.bbox_head.num_classes = int(cfg.bbox_head.num_classes) + 1
+        cfg.update(train_cfg=model.cfg.model.train_cfg.rcnn, test_cfg=model.cfg.model.test_cfg.rcnn)
+    else:
+        name, cfg = "bbox_head", copy.deepcopy(model.cfg.model.bbox_head)
+        cfg.num_classes = int(cfg.num_classes) + 1
+        cfg.update(train_cfg=model.cfg.model.get("train_cfg"), test_cfg=model.cfg.model.get("test_cfg"))
     other = MODELS.build(cfg).state_dict()
-    own = model.detector.bbox_head.state_dict()
-    return [f"bbox_head.{k}" for k in own if k in other and other[k].shape != own[k].shape]
+    own = getattr(model.detector, name).state_dict()
+    return [f"{name}.{k}" for k in own if k in other and other[k].shape != own[k].shape]
 
 
 def _frozen_norm_train_mode(module: nn.Module) -> None:
@@ -175,9 +181,20 @@ class MMDetModel(nn.Module):
         return 128 if type(self.neck).__name__ == "NASFPN" else 32
 
     @property
+    def two_stage(self) -> bool:
+        """True for a detector with a region proposal network and RoI heads (Faster R-CNN)."""
+        return bool(getattr(self.detector, "with_rpn", False))
+
+    @property
     def num_classes(self) -> int:
         """Classes the head predicts (no background): labels are ``0 .. num_classes - 1``."""
-        return int(self.detector.bbox_head.num_classes)
+        return int(self.box_head.num_classes)
+
+    @property
+    def box_head(self) -> nn.Module:
+        """The module that classifies boxes and holds ``num_classes``: the detector's ``bbox_head``
+        (one-stage) or its RoI head's ``bbox_head`` (two-stage)."""
+        return self.detector.roi_head.bbox_head if self.two_stage else self.detector.bbox_head
 
     @property
     def backbone(self) -> nn.Module:
@@ -189,6 +206,10 @@ class MMDetModel(nn.Module):
 
     @property
     def head(self) -> nn.Module:
+        """Everything after the neck: the ``bbox_head`` of a one-stage detector; of a two-stage one,
+        ``nn.ModuleList([rpn_head, roi_head])`` (the optimiser's third parameter group)."""
+        if self.two_stage:
+            return nn.ModuleList([self.detector.rpn_head, self.detector.roi_head])
         return self.detector.bbox_head
 
     def _samples(self, images: torch.Tensor, targets):
@@ -233,7 +254,25 @@ class MMDetModel(nn.Module):
         inputs, samples = self.preprocess(images, targets, training)
         # what mmdet's SingleStageDetector.loss does, with the features kept for the non-finite check
         features = self.detector.extract_feat(inputs)
-        return self._parsed_losses(lambda: self.detector.bbox_head.loss(features, samples), features)
+        return self._parsed_losses(lambda: self._head_loss(features, samples), features)
+
+    def _head_loss(self, features, samples) -> dict:
+        """mmdet's loss dict for the neck's ``features``: the head's ``loss`` (what
+        ``SingleStageDetector.loss`` does after ``extract_feat``), or for a two-stage detector what
+        ``TwoStageDetector.loss`` does: the RPN's losses on class-agnostic targets
+        (``loss_rpn_cls``, ``loss_rpn_bbox``), then the RoI head's on the RPN's proposals
+        (``loss_cls``, ``loss_bbox`` and ``acc``, its classification accuracy in percent)."""
+        if not self.two_stage:
+            return self.detector.bbox_head.loss(features, samples)
+        det = self.detector
+        rpn_samples = copy.deepcopy(samples)
+        for s in rpn_samples:  # the RPN tells object from background: every box is class 0
+            s.gt_instances.labels = torch.zeros_like(s.gt_instances.labels)
+        rpn_losses, proposals = det.rpn_head.loss_and_predict(
+            features, rpn_samples, proposal_cfg=det.train_cfg.get("rpn_proposal", det.test_cfg.rpn))
+        losses = {(f"rpn_{k}" if "loss" in k and "rpn" not in k else k): v for k, v in rpn_losses.items()}
+        losses.update(det.roi_head.loss(features, proposals, samples))
+        return losses
 
     def _parsed_losses(self, compute, features) -> dict:
         """``{"loss": total, <loss name>: detached value, ...}`` from ``compute()`` (mmdet's loss dict).
@@ -261,6 +300,8 @@ class MMDetModel(nn.Module):
     def predict(self, images: torch.Tensor, geometries) -> list[dict]:
         """Detections per image in network-input pixels (no rescale; map back with ``Geometry.to_original``)."""
         inputs, samples = self.predict_inputs(images, geometries)
+        if self.two_stage:
+            return self._predict_features(self.detector.extract_feat(inputs), samples)
         return self.decode(self.head_outputs(inputs), samples)
 
     def predict_inputs(self, images: torch.Tensor, geometries):
@@ -276,7 +317,16 @@ class MMDetModel(nn.Module):
         neck and head, before any decoding (mmdet's ``tensor`` mode). A tuple of groups, one per
         argument of the head's ``predict_by_feat`` (YOLOX: class scores, boxes, objectness;
         RetinaNet and VFNet: class scores, boxes), each a list with one ``float32[B, C, H, W]`` map
-        per level. This is the part :func:`fpn_lab.export.export_onnx` exports."""
+        per level. This is the part :func:`fpn_lab.export.export_onnx` exports.
+
+        Raises:
+            ModelError: a two-stage detector, whose second stage runs on the proposals the first
+                one keeps after NMS, so it has no per-level outputs to decode afterwards.
+        """
+        if self.two_stage:
+            raise ModelError(f"{self.preset.name} is a two-stage detector: its RoI head runs on the proposals its RPN "
+                             "keeps after NMS (cropped with RoIAlign), so it has no per-level head outputs; use "
+                             "predict(), which runs both stages.")
         return tuple(self.detector.bbox_head(self.detector.extract_feat(inputs)))
 
     def decode(self, outputs: tuple, samples) -> list[dict]:
@@ -290,7 +340,12 @@ class MMDetModel(nn.Module):
         return [{"boxes": r.bboxes.float(), "scores": r.scores.float(), "labels": r.labels.long()} for r in results]
 
     def _predict_features(self, features, samples) -> list[dict]:
-        return self.decode(tuple(self.detector.bbox_head(features)), samples)
+        if not self.two_stage:
+            return self.decode(tuple(self.detector.bbox_head(features)), samples)
+        # what mmdet's TwoStageDetector.predict does after extract_feat, without the rescale
+        proposals = self.detector.rpn_head.predict(features, samples, rescale=False)
+        results = self.detector.roi_head.predict(features, proposals, samples, rescale=False)
+        return [{"boxes": r.bboxes.float(), "scores": r.scores.float(), "labels": r.labels.long()} for r in results]
 
     def forward(self, images: torch.Tensor, targets):
         if targets is None or len(targets) != len(images):
@@ -308,11 +363,11 @@ class MMDetModel(nn.Module):
         with torch.no_grad():
             inputs, samples = self.preprocess(images, targets, training=False)
             features = self.detector.extract_feat(inputs)
-            _frozen_norm_train_mode(self.detector.bbox_head)
+            _frozen_norm_train_mode(self.head)
             try:
-                out = self._parsed_losses(lambda: self.detector.bbox_head.loss(features, samples), features)
+                out = self._parsed_losses(lambda: self._head_loss(features, samples), features)
             finally:
-                self.detector.bbox_head.eval()
+                self.head.eval()
             # a non-finite loss means non-finite outputs, on which mmdet's post-processing fails:
             # no predictions then (NonFiniteLossGuard stops the run on this batch)
             out["predictions"] = self._predict_features(features, samples) if torch.isfinite(out["loss"]) else []
@@ -406,7 +461,7 @@ def recompute_batchnorm_stats(model: MMDetModel, batches) -> int:
 @contextlib.contextmanager
 def score_threshold(model: MMDetModel, value: float):
     """Temporarily set the head's test-time ``score_thr`` (e.g. 0.0 to see every kept detection)."""
-    cfg = model.detector.bbox_head.test_cfg
+    cfg = model.detector.roi_head.test_cfg if model.two_stage else model.detector.bbox_head.test_cfg
     old = cfg.get("score_thr")
     cfg["score_thr"] = value
     try:

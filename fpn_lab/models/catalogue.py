@@ -23,7 +23,7 @@ def measured() -> dict:
 
 def selection_order(include: str = "*") -> list[str]:
     """Preset names matching ``include``: IceVision's getting-started presets in index order
-    (0 VFNet, 1 RetinaNet, 4 YOLOX), then the rest alphabetically."""
+    (0 VFNet, 1 RetinaNet, 2 Faster R-CNN, 4 YOLOX), then the rest alphabetically."""
     names = list_models(include)
     first = [n for _, n in sorted(selections().items()) if n in names]
     return first + [n for n in names if n not in first]

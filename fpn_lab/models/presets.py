@@ -1,4 +1,4 @@
-"""The preset catalogue: VFNet, RetinaNet, FCOS and YOLOX from MMDetection 3.3, as frozen data.
+"""The preset catalogue: VFNet, RetinaNet, FCOS, Faster R-CNN and YOLOX from MMDetection 3.3, as frozen data.
 
 Each preset names an mmdet config shipped in the mmdet wheel (``mmdet/.mim/configs/...``) and
 carries its provenance: weights URL and COCO box AP from mmdet 3.3's ``metafile.yml`` for that
@@ -7,7 +7,8 @@ config, the test input size, and the pixel convention of the config's ``DetDataP
 
 Names are ``<arch>_<backbone>_<neck>_<schedule>``: mmdet's YOLOX uses a PAFPN neck
 (``YOLOXPAFPN``), VFNet, RetinaNet and FCOS an FPN (VFNet and FCOS: P3..P7 with extra convs on
-the FPN outputs; RetinaNet: P3..P7 with extra convs on the C5 input). FCOS's ``-giou`` presets
+the FPN outputs; RetinaNet: P3..P7 with extra convs on the C5 input; Faster R-CNN: P2..P6 as in
+the FPN paper, P6 a max-pool of P5, the RPN on all five and the RoI heads on P2..P5). FCOS's ``-giou`` presets
 are its improved head (centre sampling, normalised box targets, centre-ness on the box branch,
 GIoU loss: mmdet's ``center-normbbox-centeronreg-giou`` configs). IceVision's names
 (``<arch>.<backbone>``) are aliases, and IceVision's getting-started ``selection`` indices 0, 1
@@ -17,8 +18,9 @@ This module is data only: :data:`PRESETS` is a tuple of frozen :class:`Preset` o
 nothing here imports the registry. :mod:`fpn_lab.models.registry` registers them, in one place,
 on the first lookup.
 
-IceVision backbone names left out because mmdet 3.3 ships no config or metafile entry for them:
-none for VFNet, RetinaNet, FCOS and YOLOX (every name in IceVision's ``resnet_fpn.py`` lists is here).
+IceVision backbone names left out: ``faster_rcnn.resnet50_caffe_dc5_1x``, which has no FPN (a
+dilated C5, one level); every other name in IceVision's ``resnet_fpn.py`` lists of VFNet,
+RetinaNet, FCOS, Faster R-CNN and YOLOX is here.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class Preset:
 
     Attributes:
         name: ``<arch>_<backbone>_<neck>_<schedule>``.
-        arch: ``"vfnet"``, ``"retinanet"``, ``"fcos"`` or ``"yolox"``.
+        arch: ``"vfnet"``, ``"retinanet"``, ``"fcos"``, ``"faster_rcnn"`` or ``"yolox"``.
         config: mmdet config path relative to ``mmdet/.mim/configs``.
         neck: the neck type of the config (``"fpn"`` or ``"pafpn"``).
         levels: feature levels the neck gives the head, e.g. ``("P3", ..., "P7")``.
@@ -48,7 +50,7 @@ class Preset:
         mean, std: normalisation of the config's data preprocessor (0..255 scale) in the
             network's channel order (RGB, or BGR when ``bgr``), or ``None`` for raw 0..255.
         bgr: True when the network takes BGR channel order (mmdet loads BGR and the
-            preprocessor does not swap: YOLOX and the ``*-caffe`` RetinaNets and FCOS).
+            preprocessor does not swap: YOLOX and the ``*-caffe`` RetinaNets, FCOS and Faster R-CNNs).
         pad_value: RGB fill of the letterbox (YOLOX: 114 as its ``Pad``; others: the mean in RGB
             order, which is 0 after normalisation as ``DetDataPreprocessor`` pads).
         aliases: IceVision names (``"retinanet.resnet50_fpn_1x"``).
@@ -79,6 +81,7 @@ class Preset:
 
 P3_P7 = ("P3", "P4", "P5", "P6", "P7")
 P3_P5 = ("P3", "P4", "P5")
+P2_P6 = ("P2", "P3", "P4", "P5", "P6")
 _SCHEDULES = {"1x": "1x schedule", "2x": "2x schedule", "ms2x": "multi-scale 2x schedule"}
 _OPTIONS = {"caffe": "(caffe-style)", "mdconv": "+ DCNv2 in C3-C5", "dcn": "+ DCNv2 in C3-C5",
             "giou": "with centre sampling and GIoU"}
@@ -115,6 +118,15 @@ def _fcos(backbone, schedule, config, url, ap, alias, selection=None) -> Preset:
         f"fcos_{backbone}_fpn_{schedule}", "fcos", f"fcos/{config}", "fpn", P3_P7, f"{OPENMMLAB}/fcos/{url}", ap,
         (1333, 800), aliases=(f"fcos.{alias}",), selection=selection,
         description=f"FCOS {_backbone_label(backbone)} + FPN (P3-P7), GroupNorm head, {_SCHEDULES[schedule]}", **caffe)
+
+
+def _faster_rcnn(backbone, schedule, config, url, ap, alias, selection=None) -> Preset:
+    caffe = dict(mean=CAFFE_MEAN, std=CAFFE_STD, bgr=True) if "caffe" in backbone else {}
+    return Preset(
+        f"faster_rcnn_{backbone}_fpn_{schedule}", "faster_rcnn", f"faster_rcnn/{config}", "fpn", P2_P6,
+        f"{OPENMMLAB}/faster_rcnn/{url}", ap, (1333, 800), aliases=(f"faster_rcnn.{alias}",), selection=selection,
+        description=f"Faster R-CNN {_backbone_label(backbone)} + FPN (RPN on P2-P6, RoI heads on P2-P5), "
+                    f"{_SCHEDULES[schedule]}", **caffe)
 
 
 def _yolox(size, config, url, ap, input_size, selection=None) -> Preset:
@@ -213,6 +225,37 @@ PRESETS: tuple[Preset, ...] = (
           "fcos_x101_64x4d_fpn_gn-head_mstrain_640-800_2x_coco/"
           "fcos_x101_64x4d_fpn_gn-head_mstrain_640-800_2x_coco-ede514a8.pth", 42.6,
           "resnext101_64x4d_fpn_gn_head_mstrain_640_800_2x"),
+    # --- Faster R-CNN (IceVision: models.mmdet.faster_rcnn.backbones.*), the detector FPN was introduced with ------
+    _faster_rcnn("r50-caffe", "1x", "faster-rcnn_r50-caffe_fpn_1x_coco.py",
+                 "faster_rcnn_r50_caffe_fpn_1x_coco/faster_rcnn_r50_caffe_fpn_1x_coco_bbox_mAP-0.378_20200504_180032-"
+                 "c5925ee5.pth", 37.8, "resnet50_caffe_fpn_1x"),
+    _faster_rcnn("r50", "1x", "faster-rcnn_r50_fpn_1x_coco.py",
+                 "faster_rcnn_r50_fpn_1x_coco/faster_rcnn_r50_fpn_1x_coco_20200130-047c8118.pth", 37.4,
+                 "resnet50_fpn_1x"),
+    _faster_rcnn("r50", "2x", "faster-rcnn_r50_fpn_2x_coco.py",
+                 "faster_rcnn_r50_fpn_2x_coco/faster_rcnn_r50_fpn_2x_coco_bbox_mAP-0.384_20200504_210434-a5d8aa15.pth",
+                 38.4, "resnet50_fpn_2x"),
+    _faster_rcnn("r101-caffe", "1x", "faster-rcnn_r101-caffe_fpn_1x_coco.py",
+                 "faster_rcnn_r101_caffe_fpn_1x_coco/faster_rcnn_r101_caffe_fpn_1x_coco_bbox_mAP-0.398_20200504_180057-"
+                 "b269e9dd.pth", 39.8, "resnet101_caffe_fpn_1x"),
+    _faster_rcnn("r101", "1x", "faster-rcnn_r101_fpn_1x_coco.py",
+                 "faster_rcnn_r101_fpn_1x_coco/faster_rcnn_r101_fpn_1x_coco_20200130-f513f705.pth", 39.4,
+                 "resnet101_fpn_1x"),
+    _faster_rcnn("r101", "2x", "faster-rcnn_r101_fpn_2x_coco.py",
+                 "faster_rcnn_r101_fpn_2x_coco/faster_rcnn_r101_fpn_2x_coco_bbox_mAP-0.398_20200504_210455-1d2dac9c.pth",
+                 39.8, "resnet101_fpn_2x", selection=2),
+    _faster_rcnn("x101-32x4d", "1x", "faster-rcnn_x101-32x4d_fpn_1x_coco.py",
+                 "faster_rcnn_x101_32x4d_fpn_1x_coco/faster_rcnn_x101_32x4d_fpn_1x_coco_20200203-cff10310.pth", 41.2,
+                 "resnext101_32x4d_fpn_1x"),
+    _faster_rcnn("x101-32x4d", "2x", "faster-rcnn_x101-32x4d_fpn_2x_coco.py",
+                 "faster_rcnn_x101_32x4d_fpn_2x_coco/faster_rcnn_x101_32x4d_fpn_2x_coco_bbox_mAP-0.412_20200506_041400-"
+                 "64a12c0b.pth", 41.2, "resnext101_32x4d_fpn_2x"),
+    _faster_rcnn("x101-64x4d", "1x", "faster-rcnn_x101-64x4d_fpn_1x_coco.py",
+                 "faster_rcnn_x101_64x4d_fpn_1x_coco/faster_rcnn_x101_64x4d_fpn_1x_coco_20200204-833ee192.pth", 42.1,
+                 "resnext101_64x4d_fpn_1x"),
+    _faster_rcnn("x101-64x4d", "2x", "faster-rcnn_x101-64x4d_fpn_2x_coco.py",
+                 "faster_rcnn_x101_64x4d_fpn_2x_coco/faster_rcnn_x101_64x4d_fpn_2x_coco_20200512_161033-5961fa95.pth",
+                 41.6, "resnext101_64x4d_fpn_2x"),
     # --- YOLOX (IceVision: models.mmdet.yolox.backbones.*) -----------------------------------
     _yolox("tiny", "yolox_tiny_8xb8-300e_coco.py",
            "yolox_tiny_8x8_300e_coco/yolox_tiny_8x8_300e_coco_20211124_171234-b4047906.pth", 32.0, (416, 416)),

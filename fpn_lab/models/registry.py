@@ -21,7 +21,7 @@ _ALIASES: dict[str, str] = {}  # alias -> name
 _SELECTIONS: dict[int, str] = {}
 _loaded = False
 ICEVISION_OTHERS = {
-    2: "mmdet Faster R-CNN resnet101_fpn_2x (two-stage)", 3: "mmdet SSD300 (no FPN)",
+    3: "mmdet SSD300 (no FPN)",
     5: "mmdet YOLOF r50_c5 (no FPN)", 6: "mmdet DETR r50 (no FPN)", 7: "mmdet Deformable DETR",
     8: "mmdet FSAF x101 FPN", 9: "mmdet SABL r101 FPN", 10: "mmdet CentripetalNet hourglass104",
     11: "torchvision RetinaNet resnet50_fpn", 12: "ross EfficientDet tf_lite0 (BiFPN)", 13: "ultralytics YOLOv5 small",
@@ -103,7 +103,7 @@ def get_preset(selection):
             return _PRESETS[_SELECTIONS[selection]]
         valid = ", ".join(f"{i} = {n}" for i, n in sorted(_SELECTIONS.items()))
         why = (f" In IceVision it meant {ICEVISION_OTHERS[selection]}, which fpn_lab does not offer "
-               "(it covers MMDetection's one-stage FPN detectors).") if selection in ICEVISION_OTHERS else ""
+               "(it covers MMDetection's FPN detectors).") if selection in ICEVISION_OTHERS else ""
         raise ModelError(f"unknown selection index {selection}.{why} Valid indices: {valid}; or pass a preset "
                          f"name such as {list_models()[0]!r} (see list_models()).")
     if isinstance(selection, str):
