@@ -17,7 +17,7 @@ from fpn_lab.viz.draw import show_fpn_features  # noqa: E402
 
 
 @pytest.mark.parametrize("name", ["retinanet_r18_fpn_1x", "vfnet_r50_fpn_1x", "fcos_r50-caffe_fpn_1x",
-                                  "yolox_tiny_pafpn_300e"])
+                                  "faster_rcnn_r50_fpn_1x", "yolox_tiny_pafpn_300e"])
 def test_levels_and_assignment(name, bccd_records):
     parser, train, _ = bccd_records
     model = build_model(name, num_classes=3)

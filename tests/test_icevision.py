@@ -34,13 +34,16 @@ def icevision_selection(selection):
     if selection == 1:
         model_type = models.mmdet.retinanet  # noqa: F405
         backbone = model_type.backbones.resnet50_fpn_1x
+    if selection == 2:
+        model_type = models.mmdet.faster_rcnn  # noqa: F405
+        backbone = model_type.backbones.resnet101_fpn_2x
     if selection == 4:
         model_type = models.mmdet.yolox  # noqa: F405
         backbone = model_type.backbones.yolox_s_8x8
     return model_type, backbone
 
 
-@pytest.mark.parametrize("selection", [0, 1, 4])
+@pytest.mark.parametrize("selection", [0, 1, 2, 4])
 def test_getting_started_sequence(selection, tmp_path, no_network):
     set_seed(0)  # noqa: F405
     parser = parsers.VOCBBoxParser(annotations_dir=DATA / "fridge" / "annotations",  # noqa: F405

@@ -13,7 +13,8 @@ from fpn_lab.data.transforms import resize_and_pad
 from fpn_lab.errors import ModelError
 from fpn_lab.models.build import build_model
 
-DETECTORS = ["vfnet_r50_fpn_1x", "retinanet_r18_fpn_1x", "fcos_r50-caffe_fpn_1x", "yolox_tiny_pafpn_300e"]
+DETECTORS = ["vfnet_r50_fpn_1x", "retinanet_r18_fpn_1x", "fcos_r50-caffe_fpn_1x", "faster_rcnn_r50_fpn_1x",
+             "yolox_tiny_pafpn_300e"]
 
 
 NECK_CLASSES = {"fpn": "FPN", "pafpn": "PAFPN", "nasfpn": "NASFPN", "bifpn": "BiFPN", "channel_mapper": "ChannelMapper"}
@@ -28,8 +29,9 @@ def test_each_detector_with_each_neck(name, neck, bccd_records):
     yolox = name.startswith("yolox")
     expected = NECK_CLASSES[neck]  # "pafpn" is mmdet's PAFPN on YOLOX too (its own YOLOXPAFPN: neck="")
     assert type(model.neck).__name__ == expected
-    # YOLOX's head takes the strides it is given: NAS-FPN's five levels, or its own three
-    assert model.levels == (P3_P7 if not yolox or neck == "nasfpn" else ("P3", "P4", "P5"))
+    # YOLOX's head takes the strides it is given: NAS-FPN's five levels, or its own three; the others keep theirs
+    # (Faster R-CNN's RPN: P2-P6)
+    assert model.levels == (model.preset.levels if not yolox else P3_P7 if neck == "nasfpn" else ("P3", "P4", "P5"))
     images, targets = collate([Dataset(train[:2], resize_and_pad(128))[i] for i in range(2)])
     model.train()
     out = model(images, targets)

@@ -33,7 +33,7 @@ def _mmdet_tensor(model):
     return out["inputs"][0]
 
 
-@pytest.mark.parametrize("name", ["yolox_tiny_pafpn_300e", "retinanet_r18_fpn_1x"])
+@pytest.mark.parametrize("name", ["yolox_tiny_pafpn_300e", "retinanet_r18_fpn_1x", "faster_rcnn_r50-caffe_fpn_1x"])
 def test_our_input_tensor_equals_mmdets_within_one_grey_level(name, bccd_records):
     parser, train, test = bccd_records
     record = next(r for r in train + test if r.filepath == IMAGE)

@@ -20,7 +20,8 @@ ALL = list_models()
 
 
 def test_icevision_selection_indices():
-    assert selections() == {0: "vfnet_r50_fpn_ms2x", 1: "retinanet_r50_fpn_1x", 4: "yolox_s_pafpn_300e"}
+    assert selections() == {0: "vfnet_r50_fpn_ms2x", 1: "retinanet_r50_fpn_1x", 2: "faster_rcnn_r101_fpn_2x",
+                            4: "yolox_s_pafpn_300e"}
     assert get_preset("4").name == get_preset(4).name == "yolox_s_pafpn_300e"
 
 
@@ -69,7 +70,7 @@ def test_icevision_backbones_name_every_preset_of_the_arch(arch):
 
 
 def test_unknown_arch_is_a_clear_error():
-    with pytest.raises(ModelError, match=r"Did you mean 'retinanet'.*Registered archs: fcos, retinanet"):
+    with pytest.raises(ModelError, match=r"Did you mean 'retinanet'.*Registered archs: faster_rcnn, fcos, retinanet"):
         icevision_backbones("retinanett")
 
 
@@ -96,7 +97,7 @@ def test_list_models_filters_with_fnmatch():
 @pytest.mark.parametrize("name", ALL)
 def test_naming_convention(name):
     p = get_preset(name)
-    assert re.fullmatch(r"(vfnet|retinanet|fcos|yolox)_[a-z0-9-]+_(fpn|pafpn)_[a-z0-9]+", name)
+    assert re.fullmatch(r"(vfnet|retinanet|fcos|faster_rcnn|yolox)_[a-z0-9-]+_(fpn|pafpn)_[a-z0-9]+", name)
     assert name.split("_")[-2] == p.neck
     assert all(get_preset(a) is p for a in p.aliases)
 

@@ -36,15 +36,24 @@ def _iou(a, b):
     return inter / (area(a)[:, None] + area(b)[None] - inter)
 
 
-@pytest.mark.parametrize("name, neck, lr", [("yolox_tiny_pafpn_300e", None, 3e-3), ("retinanet_r18_fpn_1x", None, 1e-3),
-                                            ("fcos_r50-caffe-giou_fpn_1x", None, 1e-3), ("yolox_tiny_pafpn_300e", "bifpn", 3e-3)])
-def test_overfit_two_images(fridge, name, neck, lr):
+# Faster R-CNN with a ResNet-18 and 64 sampled RoIs per image instead of 512: its RoI head's two 1024-wide layers
+# over 512 RoIs per image cost most of a step at this size
+SMALL_RCNN = {"model.backbone.depth": 18, "model.neck.in_channels": [64, 128, 256, 512],
+              "model.train_cfg.rcnn.sampler.num": 64, "model.train_cfg.rpn_proposal.max_per_img": 300}
+
+
+@pytest.mark.parametrize("name, neck, lr, cfg", [("yolox_tiny_pafpn_300e", None, 3e-3, None),
+                                                 ("retinanet_r18_fpn_1x", None, 1e-3, None),
+                                                 ("fcos_r50-caffe-giou_fpn_1x", None, 1e-3, None),
+                                                 ("faster_rcnn_r50_fpn_1x", None, 1e-3, SMALL_RCNN),
+                                                 ("yolox_tiny_pafpn_300e", "bifpn", 3e-3, None)])
+def test_overfit_two_images(fridge, name, neck, lr, cfg):
     parser, records = fridge
     set_seed(0)
     recs = records[:2]
     ds = Dataset(recs, resize_and_pad(128))
     dls = make_dataloaders(ds, ds, 2)
-    model = build_model(name, num_classes=len(parser.class_map), neck=neck)
+    model = build_model(name, num_classes=len(parser.class_map), neck=neck, cfg_options=cfg)
     losses = []
 
     class RawLoss(Callback):  # Recorder.losses are smoothed; keep the raw per-batch loss
@@ -229,3 +238,42 @@ def test_recompute_batchnorm_stats_failing_midway_keeps_the_statistics(fridge):
     with pytest.raises(RuntimeError, match="a loader failed"):
         recompute_batchnorm_stats(model, batches())
     torch.testing.assert_close(bn.running_mean, before)
+
+
+def test_each_loss_term_is_kept_per_epoch_in_history_and_the_epoch_line(fridge):
+    """mmdet's loss terms (YOLOX: loss_cls, loss_bbox, loss_obj) as image-weighted means over each training epoch."""
+    import io
+
+    from fpn_lab.learner.learner import history
+    from fpn_lab.learner.progress import EpochLine
+
+    parser, records = fridge
+    set_seed(0)
+    ds = Dataset(records[:4], resize_and_pad(64))
+    dls = make_dataloaders(ds, ds, 2)
+    seen = []
+
+    class Terms(Callback):
+        order = 1  # after MMDetCallback, on the same prediction
+
+        def before_epoch(self):
+            seen.append([])
+
+        def after_loss(self):
+            if self.training:
+                seen[-1].append((len(self.xb[0]), {k: float(v) for k, v in self.pred.items() if k.startswith("loss_")}))
+
+    console = io.StringIO()
+    learn = make_learner(dls, build_model("yolox_tiny_pafpn_300e", num_classes=len(parser.class_map)),
+                         parser.class_map, coco=False, cbs=[Terms(), EpochLine(console=console)])
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(2, 1e-3)
+    rows = history(learn)
+    assert [len(batches) for batches in seen] == [2, 2]
+    for row, batches, line in zip(rows, seen, console.getvalue().splitlines()):
+        names = set(batches[0][1])
+        assert names == {"loss_cls", "loss_bbox", "loss_obj"} and names <= set(row)
+        for name in names:
+            mean = sum(n * terms[name] for n, terms in batches) / sum(n for n, _ in batches)
+            assert row[name] == pytest.approx(mean, rel=1e-6)
+            assert f"{name} {row[name]:.4f}" in line
