@@ -147,3 +147,18 @@ def test_onnx_export_is_refused_with_the_reason(fridge, model, tmp_path):
     with pytest.raises(ModelError, match="two-stage detector"):
         model.head_outputs(torch.zeros(1, 3, 64, 64))
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_parameters_match_torchvisions_faster_rcnn_r50_fpn():
+    """The same architecture as torchvision's ``fasterrcnn_resnet50_fpn``, whose weights record 41,755,286
+    parameters (91 classes, frozen BatchNorm). mmdet's 80-class head has no box regressor for the background
+    (4 x 1025 fewer than torchvision's with 81 classes), and trains BatchNorm's scale and shift (53,120 in
+    ResNet-50), which frozen BatchNorm keeps as buffers."""
+    from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights, fasterrcnn_resnet50_fpn
+
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    ours = count(build_model(PRESET, num_classes=80))
+    theirs = count(fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=81))
+    assert theirs - ours == 4 * 1025
+    published = FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["num_params"]
+    assert published == 41_755_286 and ours == published - (91 - 81) * 1025 - (91 - 80) * 4 * 1025 + 53_120
