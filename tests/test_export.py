@@ -19,7 +19,8 @@ import onnxruntime  # noqa: F401,E402  (declared dependencies: a broken wheel fa
 import onnxscript  # noqa: F401,E402
 
 SIZE = 128
-ARCHS = ["yolox_tiny_pafpn_300e", "retinanet_r18_fpn_1x", "vfnet_r50_fpn_1x", "fcos_r50-caffe_fpn_1x"]
+ARCHS = ["yolox_tiny_pafpn_300e", "retinanet_r18_fpn_1x", "vfnet_r50_fpn_1x", "fcos_r50-caffe_fpn_1x",
+         "efficientdet_effb0_bifpn_300e"]
 NAMES = ["milk_bottle", "carton", "can", "water_bottle"]
 
 

@@ -14,7 +14,7 @@ from fpn_lab.errors import ModelError
 from fpn_lab.models.build import build_model
 
 DETECTORS = ["vfnet_r50_fpn_1x", "retinanet_r18_fpn_1x", "fcos_r50-caffe_fpn_1x", "faster_rcnn_r50_fpn_1x",
-             "yolox_tiny_pafpn_300e"]
+             "efficientdet_effb0_bifpn_300e", "yolox_tiny_pafpn_300e"]
 
 
 NECK_CLASSES = {"fpn": "FPN", "pafpn": "PAFPN", "nasfpn": "NASFPN", "bifpn": "BiFPN", "channel_mapper": "ChannelMapper"}

@@ -70,7 +70,7 @@ def test_icevision_backbones_name_every_preset_of_the_arch(arch):
 
 
 def test_unknown_arch_is_a_clear_error():
-    with pytest.raises(ModelError, match=r"Did you mean 'retinanet'.*Registered archs: faster_rcnn, fcos, retinanet"):
+    with pytest.raises(ModelError, match=r"Did you mean 'retinanet'.*Registered archs: efficientdet, faster_rcnn, fcos"):
         icevision_backbones("retinanett")
 
 
@@ -97,7 +97,8 @@ def test_list_models_filters_with_fnmatch():
 @pytest.mark.parametrize("name", ALL)
 def test_naming_convention(name):
     p = get_preset(name)
-    assert re.fullmatch(r"(vfnet|retinanet|fcos|faster_rcnn|yolox)_[a-z0-9-]+_(fpn|pafpn)_[a-z0-9]+", name)
+    assert re.fullmatch(r"(vfnet|retinanet|fcos|faster_rcnn|efficientdet|yolox)_[a-z0-9-]+_(fpn|pafpn|bifpn)_[a-z0-9]+",
+                        name)
     assert name.split("_")[-2] == p.neck
     assert all(get_preset(a) is p for a in p.aliases)
 
@@ -112,24 +113,28 @@ def _metafile(arch):
 def test_provenance_matches_mmdet_metafile_and_config(name):
     from mmengine.config import Config
 
-    from fpn_lab.mmdet_adapter.config import configs_root
+    from fpn_lab.mmdet_adapter.config import OWN_PREFIX, config_path
     from fpn_lab.mmdet_adapter.necks import level_names, neck_strides
 
     p = get_preset(name)
-    entry = next(m for m in _metafile(p.arch) if Path(m["Config"]).name == Path(p.config).name)
-    assert entry["Weights"] == p.weights_url
-    ap = next(r["Metrics"]["box AP"] for r in entry["Results"] if r["Task"] == "Object Detection")
-    assert float(ap) == p.coco_box_ap
-    cfg = Config.fromfile(str(configs_root() / p.config))
+    if p.config.startswith(OWN_PREFIX):  # fpn_lab's own config (EfficientDet): no mmdet metafile, no COCO weights
+        assert p.arch == "efficientdet" and p.weights_url == "" and p.coco_box_ap == 34.6  # the paper's Table 2, D0
+    else:
+        entry = next(m for m in _metafile(p.arch) if Path(m["Config"]).name == Path(p.config).name)
+        assert entry["Weights"] == p.weights_url
+        ap = next(r["Metrics"]["box AP"] for r in entry["Results"] if r["Task"] == "Object Detection")
+        assert float(ap) == p.coco_box_ap
+    cfg = Config.fromfile(str(config_path(p)))
     pre = cfg.model.data_preprocessor
     assert (tuple(pre.get("mean")) if pre.get("mean") else None) == p.mean
     assert (tuple(pre.get("std")) if pre.get("std") else None) == p.std
     assert p.bgr == (not pre.get("bgr_to_rgb", False))
     neck = cfg.model.neck.type
-    assert {"FPN": "fpn", "YOLOXPAFPN": "pafpn"}[neck] == p.neck
+    assert {"FPN": "fpn", "YOLOXPAFPN": "pafpn", "fpn_lab.BiFPN": "bifpn"}[neck] == p.neck
     num_outs = cfg.model.neck.get("num_outs", len(cfg.model.neck.in_channels))
     assert len(p.levels) == num_outs
-    # the levels the built model reports (from its backbone's and neck's strides: ResNet, ResNeXt, CSPDarknet)
+    # the levels the built model reports (from its backbone's and neck's strides: ResNet, ResNeXt, CSPDarknet,
+    # EfficientNet)
     assert level_names(neck_strides(cfg)) == p.levels
 
 

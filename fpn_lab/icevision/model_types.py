@@ -1,6 +1,7 @@
 """IceVision's ``models.mmdet.<type>`` namespace, generated from fpn_lab's one model registry.
 
-``models.mmdet.vfnet``, ``.retinanet``, ``.fcos``, ``.faster_rcnn`` and ``.yolox`` (every architecture in the catalogue) are
+``models.mmdet.vfnet``, ``.retinanet``, ``.fcos``, ``.faster_rcnn``, ``.efficientdet`` and ``.yolox`` (every
+architecture in the catalogue) are
 :class:`ModelType` objects; ``model_type.backbones.<IceVision name>`` is a :class:`Backbone` for
 each preset whose alias is ``"<type>.<IceVision name>"``
 (:func:`fpn_lab.models.registry.icevision_backbones`): there is no second list of models here.
@@ -36,7 +37,7 @@ NOT_OFFERED = {
 #: IceVision libraries other than mmdet.
 OTHER_LIBRARIES = {
     "torchvision": "torchvision models are not offered: use models.mmdet.retinanet (RetinaNet R50 FPN)",
-    "ross": "EfficientDet (ross's effdet) is not offered: use models.mmdet.yolox; BiFPN comes as a neck (neck='bifpn')",
+    "ross": "ross's effdet is not offered: use models.mmdet.efficientdet (EfficientDet-D0 on mmdet, backbone d0)",
     "ultralytics": "YOLOv5 is not offered: use models.mmdet.yolox",
 }
 MODEL_ARGS = ("cfg_options", "neck", "neck_args", "weights", "class_map", "device", "channels_last")

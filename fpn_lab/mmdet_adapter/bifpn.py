@@ -12,8 +12,9 @@ layers use EfficientDet's momentum 0.01 and epsilon 1e-3 (its reference implemen
 from-scratch configs use in their necks), as mmdet's own necks accept.
 
 mmdet 3.3's wheel has no BiFPN (it lives only in its source tree's ``projects/``), so this one is
-fpn_lab's, registered in a child registry of mmdet's ``MODELS`` under the scope ``fpn_lab``:
-config ``type="fpn_lab.BiFPN"`` builds it, and no name of mmdet's own registry can clash with it.
+fpn_lab's, registered in a child registry of mmdet's ``MODELS`` under the scope ``fpn_lab``
+(:func:`fpn_lab.mmdet_adapter.components.register`): config ``type="fpn_lab.BiFPN"`` builds it,
+and no name of mmdet's own registry can clash with it.
 """
 
 from __future__ import annotations
@@ -170,18 +171,3 @@ class BiFPN(nn.Module):
                 out.append(layer["bottom_up"][i - 1](ins))
             levels = out
         return tuple(levels)
-
-
-_REGISTERED = []
-
-
-def register() -> None:
-    """Register :class:`BiFPN` as ``fpn_lab.BiFPN`` in a child registry of mmdet's ``MODELS`` (once)."""
-    if _REGISTERED:
-        return
-    from mmdet.registry import MODELS
-    from mmengine.registry import Registry
-
-    scoped = MODELS._children.get("fpn_lab") or Registry("model", parent=MODELS, scope="fpn_lab")
-    scoped.register_module(name="BiFPN", module=BiFPN, force=False)
-    _REGISTERED.append(scoped)

@@ -22,6 +22,27 @@ def configs_root() -> Path:
     return root
 
 
+#: Prefix of a preset's ``config`` that names one of fpn_lab's own configs (:data:`OWN_CONFIGS`), not mmdet's.
+OWN_PREFIX = "fpn_lab:"
+#: fpn_lab's own mmdet configs, for detectors whose config mmdet's wheel does not ship (EfficientDet).
+OWN_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def config_path(preset) -> Path:
+    """The config file a preset names: ``mmdet/.mim/configs/<config>``, or ``OWN_CONFIGS/<rest>`` for
+    ``fpn_lab:<rest>``.
+
+    Raises:
+        ModelError: the file does not exist.
+    """
+    own = preset.config.startswith(OWN_PREFIX)
+    root = OWN_CONFIGS if own else configs_root()
+    path = root / preset.config.removeprefix(OWN_PREFIX)
+    if not path.is_file():
+        raise ModelError(f"preset {preset.name!r} names config {preset.config!r}, which is not in {root}.")
+    return path
+
+
 def load_config(preset, *, num_classes: int, pretrained: str = "none", neck: str | None = None,
                 neck_args: dict | None = None, cfg_options: dict | None = None):
     """The preset's mmdet config with ``num_classes`` set and pretrained ``init_cfg`` handled.
@@ -42,9 +63,7 @@ def load_config(preset, *, num_classes: int, pretrained: str = "none", neck: str
     """
     from mmengine.config import Config
 
-    path = configs_root() / preset.config
-    if not path.is_file():
-        raise ModelError(f"preset {preset.name!r} names mmdet config {preset.config!r}, which is not in {configs_root()}.")
+    path = config_path(preset)
     cfg = Config.fromfile(str(path))
     set_num_classes(cfg, num_classes)
     set_neck(cfg, preset, neck, **(neck_args or {}))
@@ -55,8 +74,8 @@ def load_config(preset, *, num_classes: int, pretrained: str = "none", neck: str
     if pretrained in ("none", "coco"):
         backbone.pop("init_cfg", None)
     if pretrained == "none":
-        if "frozen_stages" in backbone:
-            backbone.frozen_stages = -1
+        if "frozen_stages" in backbone:  # nothing frozen: -1 for ResNet and CSPDarknet (0 freezes their stem),
+            backbone.frozen_stages = 0 if backbone.type == "EfficientNet" else -1  # 0 for EfficientNet
         if "norm_eval" in backbone:
             backbone.norm_eval = False
         if (backbone.get("norm_cfg") or {}).get("requires_grad") is False:  # caffe-style configs freeze BN's
@@ -120,10 +139,10 @@ def constructor_arguments(node) -> set[str]:
         from mmdet.registry import MODELS
         from mmdet.utils import register_all_modules
 
-        from fpn_lab.mmdet_adapter.bifpn import register
+        from fpn_lab.mmdet_adapter.components import register
 
         register_all_modules(init_default_scope=False)
-        register()  # fpn_lab's own components (``fpn_lab.BiFPN``)
+        register()  # fpn_lab's own components (``fpn_lab.BiFPN``, ``fpn_lab.EfficientDetHead``)
         cls = MODELS.get(kind)
     else:
         cls = kind

@@ -41,6 +41,8 @@ def backbone_strides(cfg) -> list[int]:
         return [4 * 2 ** i for i in bb.get("out_indices", (0, 1, 2, 3))]
     if bb.type == "CSPDarknet":
         return [2 ** (i + 1) for i in bb.get("out_indices", (2, 3, 4))]
+    if bb.type == "EfficientNet":  # mmdet's layers: stem, then stages at strides 2, 4, 8, 16, 32, and the 1x1 head
+        return [(2, 2, 4, 8, 16, 32, 32)[i] for i in bb.get("out_indices", (6,))]
     raise ModelError(f"unknown backbone type {bb.type!r}: cannot tell its output strides.")
 
 

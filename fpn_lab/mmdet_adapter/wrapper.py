@@ -24,10 +24,10 @@ from fpn_lab.mmdet_adapter.necks import level_names, neck_strides
 def _register() -> None:
     from mmdet.utils import register_all_modules
 
-    from fpn_lab.mmdet_adapter.bifpn import register
+    from fpn_lab.mmdet_adapter.components import register
 
     register_all_modules(init_default_scope=True)
-    register()  # fpn_lab.BiFPN
+    register()  # fpn_lab.BiFPN, fpn_lab.EfficientDetHead
 
 
 def build_detector(preset, *, num_classes: int, pretrained: str = "none", neck: str | None = None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from fpn_lab.errors import ModelError
+from fpn_lab.errors import ModelError, WeightsUnavailableError
 from fpn_lab.models.registry import get_preset
 from fpn_lab.models.weights import (
     download_weights, load_matching, read_checkpoint, saved_class_names, state_dict_from,
@@ -72,7 +72,8 @@ def build_model(selection, *, num_classes: int, pretrained=False, weights: str |
             ``allow_partial``; fewer than half loading is an error always), the checkpoint's
             recorded neck (fpn_lab checkpoints) is not the one asked for, or its classes are the
             dataset's in another order.
-        WeightsUnavailableError: the weights cannot be downloaded or the file does not exist.
+        WeightsUnavailableError: the weights cannot be downloaded or the file does not exist, or
+            ``pretrained`` asks for COCO weights of a preset that has none (EfficientDet).
     """
     from fpn_lab.mmdet_adapter.wrapper import build_detector, class_dependent_keys
 
@@ -82,6 +83,11 @@ def build_model(selection, *, num_classes: int, pretrained=False, weights: str |
                            cfg_options=cfg_options)
     model.skipped_weights, model.weights_report = [], None
     if mode == "coco":
+        if weights is None and not preset.weights_url:
+            raise WeightsUnavailableError(
+                f"{preset.name} has no published COCO checkpoint that mmdet loads, so pretrained=True cannot fetch one. "
+                "Train from scratch (pretrained=False), start from the ImageNet backbone (pretrained='imagenet'), "
+                "or pass weights='path/to/checkpoint.pth'.")
         path = Path(weights) if weights is not None else download_weights(preset.weights_url)
         ckpt = read_checkpoint(path)
         _check_same_neck(ckpt, path, neck, neck_args)

@@ -1,4 +1,5 @@
-"""The preset catalogue: VFNet, RetinaNet, FCOS, Faster R-CNN and YOLOX from MMDetection 3.3, as frozen data.
+"""The preset catalogue: VFNet, RetinaNet, FCOS, Faster R-CNN and YOLOX from MMDetection 3.3, and EfficientDet
+(fpn_lab's head and config on mmdet's EfficientNet), as frozen data.
 
 Each preset names an mmdet config shipped in the mmdet wheel (``mmdet/.mim/configs/...``) and
 carries its provenance: weights URL and COCO box AP from mmdet 3.3's ``metafile.yml`` for that
@@ -40,12 +41,15 @@ class Preset:
 
     Attributes:
         name: ``<arch>_<backbone>_<neck>_<schedule>``.
-        arch: ``"vfnet"``, ``"retinanet"``, ``"fcos"``, ``"faster_rcnn"`` or ``"yolox"``.
-        config: mmdet config path relative to ``mmdet/.mim/configs``.
-        neck: the neck type of the config (``"fpn"`` or ``"pafpn"``).
+        arch: ``"vfnet"``, ``"retinanet"``, ``"fcos"``, ``"faster_rcnn"``, ``"efficientdet"`` or ``"yolox"``.
+        config: mmdet config path relative to ``mmdet/.mim/configs``, or ``"fpn_lab:<path>"`` for one
+            of fpn_lab's own configs (``fpn_lab/mmdet_adapter/configs/<path>``: EfficientDet).
+        neck: the neck type of the config (``"fpn"``, ``"pafpn"`` or ``"bifpn"``).
         levels: feature levels the neck gives the head, e.g. ``("P3", ..., "P7")``.
-        weights_url: COCO checkpoint from mmdet 3.3's metafile for this config.
-        coco_box_ap: COCO val2017 box AP (%) that mmdet reports for those weights.
+        weights_url: COCO checkpoint from mmdet 3.3's metafile for this config; ``""`` when none is
+            published in a form mmdet loads (EfficientDet).
+        coco_box_ap: COCO val2017 box AP (%) that mmdet reports for those weights (EfficientDet: the
+            paper's, COCO test-dev, Table 2).
         input_size: (width, height) of mmdet's test ``Resize`` for this config.
         mean, std: normalisation of the config's data preprocessor (0..255 scale) in the
             network's channel order (RGB, or BGR when ``bgr``), or ``None`` for raw 0..255.
@@ -127,6 +131,14 @@ def _faster_rcnn(backbone, schedule, config, url, ap, alias, selection=None) -> 
         f"{OPENMMLAB}/faster_rcnn/{url}", ap, (1333, 800), aliases=(f"faster_rcnn.{alias}",), selection=selection,
         description=f"Faster R-CNN {_backbone_label(backbone)} + FPN (RPN on P2-P6, RoI heads on P2-P5), "
                     f"{_SCHEDULES[schedule]}", **caffe)
+
+
+def _efficientdet(phi: int, backbone: str, config: str, ap: float, input_size: int) -> Preset:
+    return Preset(
+        f"efficientdet_{backbone}_bifpn_300e", "efficientdet", f"fpn_lab:efficientdet/{config}", "bifpn", P3_P7, "",
+        ap, (input_size, input_size), aliases=(f"efficientdet.d{phi}",),
+        description=f"EfficientDet-D{phi} EfficientNet-{backbone[3:].upper()} + BiFPN (P3-P7), 300-epoch recipe "
+                    "(fpn_lab's head and config)")
 
 
 def _yolox(size, config, url, ap, input_size, selection=None) -> Preset:
@@ -256,6 +268,8 @@ PRESETS: tuple[Preset, ...] = (
     _faster_rcnn("x101-64x4d", "2x", "faster-rcnn_x101-64x4d_fpn_2x_coco.py",
                  "faster_rcnn_x101_64x4d_fpn_2x_coco/faster_rcnn_x101_64x4d_fpn_2x_coco_20200512_161033-5961fa95.pth",
                  41.6, "resnext101_64x4d_fpn_2x"),
+    # --- EfficientDet (fpn_lab's head and config: mmdet 3.3's wheel ships neither; COCO AP from the paper) ---
+    _efficientdet(0, "effb0", "efficientdet_effb0_bifpn_300e_coco.py", 34.6, 512),
     # --- YOLOX (IceVision: models.mmdet.yolox.backbones.*) -----------------------------------
     _yolox("tiny", "yolox_tiny_8xb8-300e_coco.py",
            "yolox_tiny_8x8_300e_coco/yolox_tiny_8x8_300e_coco_20211124_171234-b4047906.pth", 32.0, (416, 416)),

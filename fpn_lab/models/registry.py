@@ -24,7 +24,7 @@ ICEVISION_OTHERS = {
     3: "mmdet SSD300 (no FPN)",
     5: "mmdet YOLOF r50_c5 (no FPN)", 6: "mmdet DETR r50 (no FPN)", 7: "mmdet Deformable DETR",
     8: "mmdet FSAF x101 FPN", 9: "mmdet SABL r101 FPN", 10: "mmdet CentripetalNet hourglass104",
-    11: "torchvision RetinaNet resnet50_fpn", 12: "ross EfficientDet tf_lite0 (BiFPN)", 13: "ultralytics YOLOv5 small",
+    11: "torchvision RetinaNet resnet50_fpn", 12: "ross EfficientDet tf_lite0 (BiFPN; fpn_lab's own EfficientDet-D0 is 'efficientdet_effb0_bifpn_300e')", 13: "ultralytics YOLOv5 small",
 }
 
 
