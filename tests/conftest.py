@@ -33,6 +33,18 @@ def bccd_records():
     return parser, train, test
 
 
+def perturbed(model, scale: float = 0.01):
+    """``model`` in eval mode with every parameter moved by ``scale`` x N(0, 1) (torch seeded with 0 first),
+    so that a checkpoint that fails to load a tensor cannot predict what the model predicts."""
+    import torch
+
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn_like(p))
+    return model.eval()
+
+
 @pytest.fixture
 def no_network(monkeypatch):
     """Make every attempt to open a network connection fail at once."""

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DATA
+from conftest import DATA, perturbed
 from fpn_lab.checkpoint import check_reload, load_checkpoint, save_checkpoint
 from fpn_lab.core.class_map import ClassMap
 from fpn_lab.data.parsers import VOCBBoxParser
@@ -31,12 +31,7 @@ def fridge():
 def trained(fridge):
     """A model with non-initial weights (every tensor perturbed), so a failed load cannot pass."""
     class_map, _ = fridge
-    torch.manual_seed(0)
-    model = build_model(PRESET, num_classes=len(class_map))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.01 * torch.randn_like(p))
-    return model.eval()
+    return perturbed(build_model(PRESET, num_classes=len(class_map)))
 
 
 def _mmengine_runner_checkpoint(model, tmp_path):

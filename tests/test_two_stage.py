@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DATA
+from conftest import DATA, perturbed
 from fpn_lab.checkpoint import check_reload, save_checkpoint
 from fpn_lab.data.dataloaders import Dataset, collate
 from fpn_lab.data.parsers import VOCBBoxParser
@@ -36,12 +36,7 @@ def fridge():
 def model(fridge):
     """Faster R-CNN with non-initial weights (every tensor perturbed), so a failed load cannot pass."""
     class_map, _ = fridge
-    torch.manual_seed(0)
-    m = build_model(PRESET, num_classes=len(class_map))
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.01 * torch.randn_like(p))
-    return m.eval()
+    return perturbed(build_model(PRESET, num_classes=len(class_map)))
 
 
 def _batch(records, size=128):
