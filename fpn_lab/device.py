@@ -64,3 +64,16 @@ def check_amp(amp: bool, device: str) -> None:
     if amp and not str(device).startswith("cuda"):
         raise ParamsError(f"amp: true needs a CUDA device; this run computes on {device!r}. Set amp: false (or run "
                           "on a GPU with device: auto / cuda).")
+
+
+def check_device_params(params: dict) -> None:
+    """A notebook run's ``device`` (:func:`check_device`) and, on the CPU, its ``amp``
+    (:func:`check_amp`); absent keys are not checked (``"auto"`` is checked where it resolves).
+
+    Raises:
+        ParamsError: see :func:`check_device` and :func:`check_amp`.
+    """
+    if "device" in params:
+        check_device(params["device"])
+        if params["device"] == "cpu":
+            check_amp(params.get("amp", False), "cpu")

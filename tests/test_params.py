@@ -86,7 +86,7 @@ def test_missing_data_dir_fails_before_any_kernel():
         validate_params({"data_dir": "data/nope"}, NB)
 
 
-@pytest.mark.parametrize("params, match", [({"selection": 2}, "Faster R-CNN"), ({"selection": "retinanet_r5"}, "Did you mean"),
+@pytest.mark.parametrize("params, match", [({"selection": 3}, "SSD300"), ({"selection": "retinanet_r5"}, "Did you mean"),
                                            ({"image_size": 300}, "multiple of 32")])
 def test_bad_values_fail_before_any_kernel(params, match):
     with pytest.raises(ParamsError, match=match):
@@ -168,3 +168,23 @@ def test_errors_in_the_notebook_cell_speak_python_not_yaml(tmp_path, change, say
     with pytest.raises(ParamsError, match=re.escape(says)) as err:
         Run.start(namespace, notebook=notebook)
     assert not_says not in str(err.value)
+
+
+@pytest.mark.parametrize("check, params, match", [
+    ("fpn_lab.models.build:check_model_params", {"selection": "retinanet_r5"}, "Did you mean"),
+    ("fpn_lab.data.datasets:check_data_params", {"image_size": 300}, "multiple of 32"),
+    ("fpn_lab.learner.schedule:check_training_params", {"opt": "lion"}, r"opt: 'lion' is not one of"),
+    ("fpn_lab.mmdet_adapter.necks:check_neck_params", {"neck": "fpn2"}, r"neck: 'fpn2' is not one of"),
+    ("fpn_lab.device:check_device_params", {"device": "tpu"}, "tpu"),
+    ("fpn_lab.distributed:check_params", {"lr_scaling": "sqrt"}, r"lr_scaling: 'sqrt' is not one of"),
+])
+def test_each_part_checks_its_own_parameters(check, params, match):
+    """The runner's validation is the parts' own checks (each callable alone, from its module), not a copy."""
+    import importlib
+
+    module, name = check.split(":")
+    with pytest.raises(ParamsError, match=match):
+        getattr(importlib.import_module(module), name)(params)
+    with pytest.raises(ParamsError, match=match):
+        validate_params(params, NB)
+    getattr(importlib.import_module(module), name)({})  # absent keys are not checked

@@ -469,3 +469,49 @@ def open_dataset(data_dir: str | Path, *, data_format: str = "", split: str = "p
         log.info("%s", note)
     return DatasetSplit(train, valid, class_map, layout.data_format, layout.split, Path(data_dir), layout.sources,
                         reports, seed if layout.split == "random" else None, layout.notes)
+
+
+def check_data_params(params: dict, resolve=Path) -> None:
+    """A notebook run's data parameters, before anything is read: ``image_size`` (a multiple of 32:
+    :class:`~fpn_lab.data.transforms.Letterbox`), ``data_dir`` (an existing folder), ``data_format``,
+    ``split`` and ``valid_annotations`` (:func:`check_choices`; an absent ``split`` is the notebooks'
+    default ``"published"``), and whether ``data_dir``'s files fit them (:func:`find_layout`: file
+    names only, nothing parsed). Absent keys are not checked.
+
+    Args:
+        resolve: maps a path parameter to the path to look at (the runner's ``project_path``:
+            relative paths against the project root).
+
+    Raises:
+        ParamsError: the first value that would fail in the notebook's data cells, named by its key.
+    """
+    from fpn_lab.data.transforms import Letterbox
+    from fpn_lab.errors import FpnLabError, ParamsError
+
+    if isinstance(params.get("image_size"), int):
+        try:
+            Letterbox(params["image_size"])
+        except FpnLabError as e:
+            raise ParamsError(str(e)) from None
+    for key in ("data_dir", "data_format", "split"):
+        if key in params and params[key] is None or key == "data_dir" and params.get(key, "x") == "":
+            raise ParamsError(f"{key}: got {params[key]!r}; it needs a value (data_dir: the dataset folder; data_format: "
+                              "'voc', 'coco' or '' to detect; split: 'published', 'random' or 'file').")
+    data_dir = params.get("data_dir")
+    if isinstance(data_dir, str) and data_dir and not resolve(data_dir).is_dir():
+        raise ParamsError(f"data_dir: {data_dir!r} is not a folder (looked in {resolve(data_dir)}); relative "
+                          "paths are resolved against the project root.")
+    fmt, split = params.get("data_format") or "", params.get("split", "published")
+    valid = params.get("valid_annotations")
+    try:
+        check_choices(fmt, split, valid)
+    except FpnLabError as e:
+        raise ParamsError(str(e)) from None
+    if valid and not resolve(valid).is_file():
+        raise ParamsError(f"valid_annotations: {valid!r} is not a file (looked in {resolve(valid)}); relative "
+                          "paths are resolved against the project root.")
+    if isinstance(data_dir, str) and data_dir:
+        try:
+            find_layout(resolve(data_dir), data_format=fmt, split=split, valid_annotations=resolve(valid) if valid else "")
+        except FpnLabError as e:
+            raise ParamsError(f"data_dir: {e}") from None

@@ -64,6 +64,21 @@ class DistContext:
         return self.world_size > 1
 
 
+def check_params(params: dict) -> None:
+    """A notebook run's ``lr_scaling`` (one of :data:`LR_SCALING`) and ``sync_bn`` (only with
+    ``device: cuda``; ``"auto"`` is checked where it resolves); absent keys are not checked.
+
+    Raises:
+        ParamsError: an unknown ``lr_scaling``, or ``sync_bn`` on the CPU.
+    """
+    if "lr_scaling" in params and params["lr_scaling"] not in LR_SCALING:
+        raise ParamsError(f"lr_scaling: {params['lr_scaling']!r} is not one of {list(LR_SCALING)} (linear: lr x the "
+                          "number of processes under torchrun; none: lr as given).")
+    if params.get("sync_bn") and params.get("device") == "cpu":
+        raise ParamsError("sync_bn: true needs device: cuda (torch's SyncBatchNorm has no CPU implementation); on the "
+                          "CPU each process keeps its own BatchNorm statistics. Set sync_bn: false.")
+
+
 def torchrun_env() -> dict[str, str] | None:
     """torchrun's variables when this process was started by it with ``WORLD_SIZE`` > 1, else ``None``.
 

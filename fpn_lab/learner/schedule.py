@@ -30,3 +30,27 @@ def check_one_cycle(one_cycle: dict | None) -> dict:
             bound = f"between {low} and {high} (exclusive)" if high is not None else f">= {low}"
             raise ParamsError(f"one_cycle: {key} must be a number {bound}; got {value!r}.")
     return dict(one_cycle)
+
+
+#: Optimisers the notebooks' ``opt`` parameter takes (``recipe``: the preset's mmdet recipe).
+OPTIMISERS = ("adam", "sgd", "recipe")
+
+
+def check_training_params(params: dict) -> None:
+    """The training parameters of a notebook run (``epochs``, ``batch_size``, ``no_aug_epochs``, ``opt``,
+    ``one_cycle``), as far as they are given; absent keys are not checked.
+
+    Raises:
+        ParamsError: ``epochs`` or ``batch_size`` below 1, ``no_aug_epochs`` below 0, an ``opt`` outside
+            :data:`OPTIMISERS`, or a bad ``one_cycle`` (:func:`check_one_cycle`).
+    """
+    if "one_cycle" in params:
+        check_one_cycle(params["one_cycle"])
+    for key in ("epochs", "batch_size"):
+        if isinstance(params.get(key), int) and params[key] < 1:
+            raise ParamsError(f"{key}: {params[key]} must be a positive int.")
+    if isinstance(params.get("no_aug_epochs"), int) and params["no_aug_epochs"] < 0:
+        raise ParamsError(f"no_aug_epochs: {params['no_aug_epochs']} must be >= 0 (0: off; N: the last N epochs "
+                          "without augmentation).")
+    if "opt" in params and params["opt"] not in OPTIMISERS:
+        raise ParamsError(f"opt: {params['opt']!r} is not one of {list(OPTIMISERS)}.")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 
-from fpn_lab.errors import ModelError, NeckIncompatibleError
+from fpn_lab.errors import ModelError, NeckIncompatibleError, ParamsError
 
 #: fpn_lab neck name -> mmdet neck type (``fpn_lab.BiFPN``: :mod:`fpn_lab.mmdet_adapter.bifpn`).
 NECK_TYPES = {"fpn": "FPN", "pafpn": "PAFPN", "nasfpn": "NASFPN", "bifpn": "fpn_lab.BiFPN",
@@ -167,3 +167,19 @@ def set_neck(cfg, preset, neck: str | None = None, **args) -> None:
         cfg.model.rpn_head.in_channels = new["out_channels"]
         cfg.model.roi_head.bbox_roi_extractor.out_channels = new["out_channels"]
         cfg.model.roi_head.bbox_head.in_channels = new["out_channels"]
+
+
+def check_neck_params(params: dict) -> None:
+    """A notebook run's ``neck`` (``""`` keeps the preset's, else one of :data:`NECK_TYPES`) against its
+    ``image_size`` (NAS-FPN pools down to P7, stride 128, so it needs 128 px or more); absent keys are
+    not checked.
+
+    Raises:
+        ParamsError: an unknown neck, or NAS-FPN below 128 px.
+    """
+    necks = ("", *NECK_TYPES)
+    if params.get("neck") not in (None, *necks):
+        raise ParamsError(f"neck: {params['neck']!r} is not one of {list(necks)} ('' keeps the preset's neck).")
+    if params.get("neck") == "nasfpn" and isinstance(params.get("image_size"), int) and params["image_size"] < 128:
+        raise ParamsError(f"image_size: {params['image_size']} is too small for neck: nasfpn, which needs 128 px or more "
+                          "(it pools down to P7, stride 128); raise image_size or choose another neck.")

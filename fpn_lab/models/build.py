@@ -194,3 +194,24 @@ def place_model(model, device: str = "cpu", *, channels_last: bool = True):
     model.channels_last = bool(channels_last)
     keep_mmcv_ops_contiguous(model)  # compiled mmcv: its deformable convolutions take NCHW only
     return model
+
+
+def check_model_params(params: dict, resolve=Path) -> None:
+    """A notebook run's model parameters: ``selection`` (a registered preset, name or IceVision index:
+    :func:`~fpn_lab.models.registry.get_preset`) and ``weights`` (an existing file, looked up through
+    ``resolve``: the runner's ``project_path``); absent or empty keys are not checked.
+
+    Raises:
+        ParamsError: an unknown selection (the registry's message: valid indices, close names) or a
+            weights path that is not a file.
+    """
+    from fpn_lab.errors import FpnLabError, ParamsError
+
+    if "selection" in params:
+        try:
+            get_preset(params["selection"])
+        except FpnLabError as e:
+            raise ParamsError(str(e)) from None
+    weights = params.get("weights")
+    if weights and not resolve(weights).is_file():
+        raise ParamsError(f"weights: {weights!r} is not a file (looked in {resolve(weights)}).")

@@ -186,103 +186,43 @@ def validate_params(params: dict, notebook: str | Path, spec: dict | None = None
 
 
 def _check_values(params: dict) -> None:
-    """Values that would fail in the first cells fail here, before a kernel starts and before a
-    run folder exists: an unknown ``selection``, an ``image_size`` that is not a multiple of 32,
-    a ``data_dir`` that does not exist, a bad ``data_format`` / ``split`` / ``valid_annotations``
-    (``split`` absent counts as the notebooks' default ``"published"``), and a ``data_dir``
-    whose layout does not fit them (:func:`~fpn_lab.data.datasets.find_layout`: file names only,
-    nothing parsed)."""
-    from fpn_lab.data.datasets import check_choices, find_layout
-    from fpn_lab.data.transforms import Letterbox
+    """Values that would fail in the notebook's cells fail here, before a kernel starts and before a
+    run folder exists. Each part checks its own parameters: the model (``selection``, ``weights``:
+    :func:`~fpn_lab.models.build.check_model_params`), the data (``image_size``, ``data_dir``,
+    ``data_format``, ``split``, ``valid_annotations`` and the folder's layout:
+    :func:`~fpn_lab.data.datasets.check_data_params`), the threads, the training
+    (:func:`~fpn_lab.learner.schedule.check_training_params`), the neck
+    (:func:`~fpn_lab.mmdet_adapter.necks.check_neck_params`), tracking, the device
+    (:func:`~fpn_lab.device.check_device_params`) and the processes
+    (:func:`fpn_lab.distributed.check_params`); the runner checks ``run_name``. Path parameters are
+    resolved against the project root (:func:`~fpn_lab.runner.paths.project_path`)."""
+    from fpn_lab import distributed
+    from fpn_lab.data.datasets import check_data_params
+    from fpn_lab.device import check_device_params
     from fpn_lab.errors import FpnLabError
-    from fpn_lab.models.registry import get_preset
+    from fpn_lab.learner.schedule import check_training_params
+    from fpn_lab.mmdet_adapter.necks import check_neck_params
+    from fpn_lab.models.build import check_model_params
     from fpn_lab.runner.paths import project_path
-
-    try:
-        if "selection" in params:
-            get_preset(params["selection"])
-        if isinstance(params.get("image_size"), int):
-            Letterbox(params["image_size"])
-    except FpnLabError as e:
-        raise ParamsError(str(e)) from None
-    from fpn_lab.learner.schedule import check_one_cycle
+    from fpn_lab.runner.tracking import check_track
     from fpn_lab.threads import check_num_threads
 
+    check_model_params(params, project_path)
+    check_data_params(params, project_path)
     if "num_threads" in params:
         check_num_threads(params["num_threads"])
-    if "one_cycle" in params:
-        check_one_cycle(params["one_cycle"])
-    for key in ("epochs", "batch_size"):
-        if isinstance(params.get(key), int) and params[key] < 1:
-            raise ParamsError(f"{key}: {params[key]} must be a positive int.")
-    if isinstance(params.get("no_aug_epochs"), int) and params["no_aug_epochs"] < 0:
-        raise ParamsError(f"no_aug_epochs: {params['no_aug_epochs']} must be >= 0 (0: off; N: the last N epochs "
-                          "without augmentation).")
-    opts = ("adam", "sgd", "recipe")
-    if "opt" in params and params["opt"] not in opts:
-        raise ParamsError(f"opt: {params['opt']!r} is not one of {list(opts)}.")
-    from fpn_lab.mmdet_adapter.necks import NECK_TYPES
-
-    necks = ("", *NECK_TYPES)
-    if params.get("neck") not in (None, *necks):
-        raise ParamsError(f"neck: {params['neck']!r} is not one of {list(necks)} ('' keeps the preset's neck).")
-    if params.get("neck") == "nasfpn" and isinstance(params.get("image_size"), int) and params["image_size"] < 128:
-        raise ParamsError(f"image_size: {params['image_size']} is too small for neck: nasfpn, which needs 128 px or more "
-                          "(it pools down to P7, stride 128); raise image_size or choose another neck.")
+    check_training_params(params)
+    check_neck_params(params)
     if "track" in params:
-        from fpn_lab.errors import FpnLabError
-        from fpn_lab.runner.tracking import check_track
-
         try:
             check_track(params["track"])
         except FpnLabError as e:  # a missing extra too: a parameter that cannot work here
             raise ParamsError(str(e)) from None
-    from fpn_lab.device import check_amp, check_device
-    from fpn_lab.distributed import LR_SCALING
-
-    if "device" in params:
-        check_device(params["device"])
-        if params["device"] == "cpu":
-            check_amp(params.get("amp", False), "cpu")
-
-    if "lr_scaling" in params and params["lr_scaling"] not in LR_SCALING:
-        raise ParamsError(f"lr_scaling: {params['lr_scaling']!r} is not one of {list(LR_SCALING)} (linear: lr x the number "
-                          "of processes under torchrun; none: lr as given).")
-    if params.get("sync_bn") and params.get("device") == "cpu":  # "auto" is checked where it resolves
-        raise ParamsError("sync_bn: true needs device: cuda (torch's SyncBatchNorm has no CPU implementation); on the "
-                          "CPU each process keeps its own BatchNorm statistics. Set sync_bn: false.")
+    check_device_params(params)
+    distributed.check_params(params)
     name = params.get("run_name")
     if name and (Path(name).name != name or name in (".", "..")):
         raise ParamsError(f"run_name: {name!r} must be a plain folder name (no '/' or '..'); runs go under runs/.")
-    weights = params.get("weights")
-    if weights and not project_path(weights).is_file():
-        raise ParamsError(f"weights: {weights!r} is not a file (looked in {project_path(weights)}).")
-
-    for key in ("data_dir", "data_format", "split"):
-        if key in params and params[key] is None or key == "data_dir" and params.get(key, "x") == "":
-            raise ParamsError(f"{key}: got {params[key]!r}; it needs a value (data_dir: the dataset folder; data_format: "
-                              "'voc', 'coco' or '' to detect; split: 'published', 'random' or 'file').")
-    data_dir = params.get("data_dir")
-    if isinstance(data_dir, str) and data_dir and not project_path(data_dir).is_dir():
-        raise ParamsError(f"data_dir: {data_dir!r} is not a folder (looked in {project_path(data_dir)}); relative "
-                          "paths are resolved against the project root.")
-    # the dataset: choices, then (when data_dir is given) its layout by file names, as open_dataset reads it;
-    # an absent split is the notebooks' default "published"
-    fmt, split = params.get("data_format") or "", params.get("split", "published")
-    valid = params.get("valid_annotations")
-    try:
-        check_choices(fmt, split, valid)
-    except FpnLabError as e:
-        raise ParamsError(str(e)) from None
-    if valid and not project_path(valid).is_file():
-        raise ParamsError(f"valid_annotations: {valid!r} is not a file (looked in {project_path(valid)}); relative "
-                          "paths are resolved against the project root.")
-    if isinstance(data_dir, str) and data_dir:
-        try:
-            find_layout(project_path(data_dir), data_format=fmt, split=split,
-                        valid_annotations=project_path(valid) if valid else "")
-        except FpnLabError as e:
-            raise ParamsError(f"data_dir: {e}") from None
 
 
 def parse_set(items) -> dict:
