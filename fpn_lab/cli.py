@@ -1,5 +1,5 @@
-"""The fpn-lab command: run notebooks headless (one run, or a batch with a comparison page), export a
-trained model to ONNX, and list a notebook's parameters."""
+"""The fpn-lab command: run notebooks headless (one run, a batch with a comparison page, or an Optuna
+study over parameters), export a trained model to ONNX, and list a notebook's parameters."""
 
 from __future__ import annotations
 
@@ -64,6 +64,15 @@ def _export(args) -> int:
     return 0
 
 
+def _tune(args) -> int:
+    from fpn_lab.runner.params import parse_set
+    from fpn_lab.runner.tune import tune
+
+    study_dir = tune(args.space, trials=args.trials, storage=args.storage, study_name=args.study,
+                     overrides=parse_set(args.set), runs_dir=args.runs_dir)
+    return 0 if (study_dir / "summary.json").exists() else 1
+
+
 def _params(args) -> int:
     from fpn_lab.runner.paths import project_path
     from fpn_lab.runner.params import notebook_parameters
@@ -74,7 +83,7 @@ def _params(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``fpn-lab`` command's parser: sub-commands ``run``, ``batch``, ``export`` and ``params``
+    """The ``fpn-lab`` command's parser: sub-commands ``run``, ``batch``, ``tune``, ``export`` and ``params``
     (the documentation's CLI reference is generated from it)."""
     parser = argparse.ArgumentParser(prog="fpn-lab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -107,6 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
     bat.add_argument("--timeout", type=float, default=None, help="per-run timeout in seconds")
     bat.add_argument("--track", choices=["none", "tensorboard", "mlflow"], help="log every run to TensorBoard or MLflow")
     bat.set_defaults(func=_batch)
+    tun = sub.add_parser("tune", help="search notebook parameters with Optuna, each trial a notebook run")
+    tun.add_argument("space", help="search space YAML (base params, metric, direction, pruner, space)")
+    tun.add_argument("--trials", type=int, required=True, help="finished trials the study should have (it resumes)")
+    tun.add_argument("--storage", help="Optuna database URL (sqlite:///study.db) or journal file; default "
+                     "runs/tune-<study>/study.journal")
+    tun.add_argument("--study", help="study name (default: the space file's name); its folder is runs/tune-<study>")
+    tun.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a parameter in every trial")
+    tun.add_argument("--runs-dir", default="runs", help="folder for the study folder (default runs)")
+    tun.set_defaults(func=_tune)
     exp = sub.add_parser("export", help="export a trained model (run folder or checkpoint) to ONNX")
     exp.add_argument("source", help="a run folder (its model.pth) or an fpn_lab checkpoint")
     exp.add_argument("--format", choices=["onnx"], default="onnx", help="the only format: ONNX (onnxruntime)")

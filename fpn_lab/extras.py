@@ -6,6 +6,7 @@ more (``make`` installs everything, pinned, from ``requirements.txt``):
 * ``tracking``: ``track: tensorboard`` (tensorboard) and ``track: mlflow`` (mlflow);
 * ``export``: ``fpn-lab export``, :func:`fpn_lab.export.export_onnx` and
   :class:`fpn_lab.export.OnnxDetector` (onnx, onnxscript, onnxruntime);
+* ``tune``: ``fpn-lab tune`` (optuna, optuna-integration);
 * ``notebook``: ``make lab`` (JupyterLab);
 * ``dev``: the tests and benchmarks.
 """

@@ -2,8 +2,9 @@
 
 ``metrics.json`` schema (``schema_version`` 1), written atomically:
 
-* ``status``: ``"ok"`` (written by the notebook's last cell) or ``"failed"`` (written by the
-  runner, with ``error``: failing cell index, exception name and message).
+* ``status``: ``"ok"`` (written by the notebook's last cell), ``"failed"`` (written by the
+  runner, with ``error``: failing cell index, exception name and message) or ``"pruned"`` (a trial
+  of ``fpn-lab tune`` stopped by Optuna's pruner; ``error`` says at which epoch).
 * ``preset``, ``params`` (every notebook parameter after validation), ``seed``.
 * ``dataset``: ``data_dir``, ``format`` (``voc`` / ``coco``), ``class_names`` and their
   ``category_ids`` (the ids ``predictions.json`` uses), ``split`` (``name``, ``train`` and
@@ -249,10 +250,13 @@ class Run:
         """The learner's run callbacks: :meth:`progress_callback` and a timer of each fit
         (:class:`~fpn_lab.learner.progress.PhaseTimer`: ``setup`` until the first fit, then
         ``lr_find`` and ``training``), and the tracker's, with ``track`` set
-        (:mod:`fpn_lab.runner.tracking`)."""
+        (:mod:`fpn_lab.runner.tracking`), and in a trial of ``fpn-lab tune`` the pruning callback that
+        reports to its study (:func:`fpn_lab.runner.trial.pruning_callbacks`)."""
         from fpn_lab.learner.progress import PhaseTimer
+        from fpn_lab.runner.trial import pruning_callbacks
 
         self._callbacks = [self.progress_callback(), PhaseTimer(self)] + ([self.tracker.callback()] if self.tracker else [])
+        self._callbacks += pruning_callbacks()
         return list(self._callbacks)
 
     def follow_model(self, model, learn=None) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from fpn_lab.errors import ParamsError
 from fpn_lab.runner.paths import project_path, write_json_atomic
+from fpn_lab.runner.trial import PRUNED
 
 log = logging.getLogger("fpn_lab.runner")
 
@@ -223,7 +224,8 @@ def finish_run(run_dir: Path, notebook: Path, ok: bool, error, params: dict, *, 
                echo: bool = True) -> bool:
     """After the notebook ran: check ``metrics.json``, put the summary cell on top of the executed
     notebook, render its HTML, and on failure write ``metrics.json`` with ``status: failed`` and
-    the ``error`` (an exception, or a dict with ``ename``, ``evalue``, ``cell_index``, ``rank``).
+    the ``error`` (an exception, or a dict with ``ename``, ``evalue``, ``cell_index``, ``rank``);
+    ``status: pruned`` instead when the error is Optuna's ``TrialPruned`` (a trial of ``fpn-lab tune``).
     Returns whether the run succeeded (rendering can still fail it)."""
     t = time.perf_counter()
     out_nb = run_dir / notebook.name
@@ -233,6 +235,8 @@ def finish_run(run_dir: Path, notebook: Path, ok: bool, error, params: dict, *, 
         ok, error = False, RuntimeError("the notebook finished without writing metrics.json")
     data = json.loads(metrics_path.read_text()) if ok else {
         "schema_version": 1, "status": "failed", "params": params, "error": failure_record(error)}
+    if not ok and data["error"].get("ename") == PRUNED:  # a trial of fpn-lab tune that Optuna's pruner stopped
+        data["status"] = "pruned"
     if isinstance(data.get("error", {}).get("cell_index"), int) and notebook.is_file():
         data["error"].setdefault("step", _headings(notebook).get(data["error"]["cell_index"] + 1, ""))
     if out_nb.exists():
@@ -258,7 +262,8 @@ def finish_run(run_dir: Path, notebook: Path, ok: bool, error, params: dict, *, 
         e = data.get("error") or {}
         where = f"process {e['rank']}: " if "rank" in e else ""
         cell = (f" in cell {e['cell_index']}" + (f" ({e['step']})" if e.get("step") else "")) if "cell_index" in e else ""
-        status = "finished" if ok else f"FAILED ({where}{e.get('ename')}: {str(e.get('evalue'))[:800]}){cell}"
+        status = ("finished" if ok else f"PRUNED by the study ({str(e.get('evalue'))[:200]})" if data["status"] == "pruned"
+                  else f"FAILED ({where}{e.get('ename')}: {str(e.get('evalue'))[:800]}){cell}")
         print(f"[fpn-lab] {status}\n  notebook: {out_nb}\n  html:     {html}\n  metrics:  {metrics_path}\n"
               f"  log:      {run_dir / 'run.log'}", flush=True)
     return ok
