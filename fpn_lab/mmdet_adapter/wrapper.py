@@ -188,13 +188,8 @@ class MMDetModel(nn.Module):
     @property
     def num_classes(self) -> int:
         """Classes the head predicts (no background): labels are ``0 .. num_classes - 1``."""
-        return int(self.box_head.num_classes)
-
-    @property
-    def box_head(self) -> nn.Module:
-        """The module that classifies boxes and holds ``num_classes``: the detector's ``bbox_head``
-        (one-stage) or its RoI head's ``bbox_head`` (two-stage)."""
-        return self.detector.roi_head.bbox_head if self.two_stage else self.detector.bbox_head
+        head = self.detector.roi_head.bbox_head if self.two_stage else self.detector.bbox_head
+        return int(head.num_classes)
 
     @property
     def backbone(self) -> nn.Module:
