@@ -46,6 +46,7 @@ SMALL_RCNN = {"model.backbone.depth": 18, "model.neck.in_channels": [64, 128, 25
                                                  ("retinanet_r18_fpn_1x", None, 1e-3, None),
                                                  ("fcos_r50-caffe-giou_fpn_1x", None, 1e-3, None),
                                                  ("faster_rcnn_r50_fpn_1x", None, 1e-3, SMALL_RCNN),
+                                                 ("efficientdet_effb0_bifpn_300e", None, 3e-3, None),
                                                  ("yolox_tiny_pafpn_300e", "bifpn", 3e-3, None)])
 def test_overfit_two_images(fridge, name, neck, lr, cfg):
     parser, records = fridge
