@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 LOGS = ROOT / "bench" / "logs" / "demo_seeds"
-EPOCH_LINE = re.compile(r"fpn_lab\.progress: (?:fit \d+, )?epoch (\d+)/(\d+): .*?AP50 ([0-9.na]+), ([0-9.]+) s")
+EPOCH_LINE = re.compile(r"fpn_lab\.progress: (?:fit \d+, )?epoch (\d+)/(\d+): .*?AP50 ([0-9.na]+),.* ([0-9.]+) s$", re.M)
 CONTENDED_SHARE = 0.10  # share of all cores' time used by other processes above which a run was contended
 
 

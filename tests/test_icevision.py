@@ -159,9 +159,9 @@ def test_backbones_come_from_the_registry_and_calls_never_mutate():
 def test_unknown_names_say_what_is_offered():
     with pytest.raises(ModelError, match="resnet50_fpn_mstrain_2x"):  # noqa: F405
         models.mmdet.vfnet.backbones.resnet50_fpn_mstrain_3x  # noqa: B018,F405
-    with pytest.raises(ModelError, match="two-stage"):  # noqa: F405
-        models.mmdet.faster_rcnn  # noqa: B018,F405
-    with pytest.raises(ModelError, match="EfficientDet"):  # noqa: F405
+    with pytest.raises(ModelError, match="instance masks"):  # noqa: F405
+        models.mmdet.mask_rcnn  # noqa: B018,F405
+    with pytest.raises(ModelError, match="models.mmdet.efficientdet"):  # noqa: F405
         models.ross  # noqa: B018,F405
     yolox = models.mmdet.yolox  # noqa: F405
     with pytest.raises(ModelError, match="fastai only"):  # noqa: F405

@@ -154,7 +154,8 @@ def test_headless_run_prints_one_line_per_epoch_outside_the_notebook(tmp_path):
            "--runs-dir", str(tmp_path / "runs")]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
-    line = r"epoch {}/2: train_loss \d+\.\d{{4}}, valid_loss \d+\.\d{{4}}, AP (\d+\.\d{{4}}|nan), AP50 \S+, \d+\.\d s"
+    line = (r"epoch {}/2: train_loss \d+\.\d{{4}}, valid_loss \d+\.\d{{4}}, AP (\d+\.\d{{4}}|nan), AP50 \S+, "
+            r"loss_cls \d+\.\d{{4}}, loss_bbox \d+\.\d{{4}}, loss_obj \d+\.\d{{4}}, \d+\.\d s")  # YOLOX's loss terms
     err = out.stderr.splitlines()
     at = [next(i for i, s in enumerate(err) if re.fullmatch(r"\[fpn-lab\] " + line.format(k), s)) for k in (1, 2)]
     cells = [i for i, s in enumerate(err) if re.match(r"\[fpn-lab \d\d:\d\d\] cell ", s)]
