@@ -54,13 +54,13 @@ class MMDetCallback(Callback):
         self.learn.xb = (self.xb[0], self.yb[0])
 
     def after_loss(self):
+        terms = {k: float(v) for k, v in self.pred.items() if k.startswith("loss_") or k == "acc"}
         # per-component losses of the last batch, for logging (e.g. loss_cls, loss_bbox)
-        self.learn.loss_parts = {k: float(v) for k, v in self.pred.items() if k.startswith("loss_")}
+        self.learn.loss_parts = {k: v for k, v in terms.items() if k != "acc"}
         if self.training and not hasattr(self.learn, "lr_finder"):
             n = len(self.xb[0])
-            for k, v in self.pred.items():
-                if k.startswith("loss_") or k == "acc":
-                    self._sums[k] = self._sums.get(k, 0.0) + float(v) * n
+            for k, v in terms.items():
+                self._sums[k] = self._sums.get(k, 0.0) + v * n
             self._images += n
 
     def after_train(self):

@@ -76,12 +76,12 @@ def assigned_levels(model, images: torch.Tensor, targets) -> list[np.ndarray]:
     """
     from mmengine.structures import InstanceData
 
-    feats = neck_features(model, images, targets)
-    if model.two_stage:
+    if model.two_stage:  # by size alone: no forward pass needed
         extractor = model.detector.roi_head.bbox_roi_extractor
         return [extractor.map_roi_levels(torch.cat([torch.zeros(len(t["boxes"]), 1), t["boxes"].float().reshape(-1, 4)],
                                                    dim=1), extractor.num_inputs).long().numpy()
                 for t in targets]
+    feats = neck_features(model, images, targets)
     head = model.detector.bbox_head
     per_level = [f.shape[-2] * f.shape[-1] * getattr(head, "num_base_priors", 1) for f in feats]
     level_of = torch.repeat_interleave(torch.arange(len(feats)), torch.tensor(per_level))
